@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 # Debian packages the controller needs for the tests and the local test hosts.
-APT_PACKAGES := redis-server nginx-light openssl curl debootstrap systemd-container nftables zstd openssh-client iproute2
+APT_PACKAGES := python3-venv redis-server nginx-light openssl curl debootstrap systemd-container nftables zstd openssh-client iproute2
 
 .PHONY: install system-deps lock run test
 
@@ -23,11 +23,33 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Regenerates the hash-pinned runtime lock that the hosts install from.
-lock: install
-	$(VENV)/bin/pip-compile -q --generate-hashes --strip-extras --allow-unsafe \
+# Regenerates the hash-pinned runtime lock that the hosts install from. It is resolved by Debian 12's
+# own python3, the interpreter the hosts run, so markers such as python_full_version match theirs.
+LOCK_VENV := .lock-venv
+lock: system-deps
+	/usr/bin/python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q pip-tools
+	$(LOCK_VENV)/bin/pip-compile -q --generate-hashes --strip-extras --allow-unsafe \
 		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
 		--output-file requirements.lock pyproject.toml
 
 test: system-deps install
 	$(VENV)/bin/pytest -ra
+
+# Local throw-away test hosts (systemd-nspawn, see tools/testhost); state lives in .testhosts/.
+TESTHOST := tools/testhost
+.PHONY: up down
+
+# One command from a fresh machine to a deployed test host; run again, it re-deploys.
+up: system-deps install
+	$(TESTHOST) up
+	ANSIBLE_CONFIG=deploy/ansible/ansible.cfg $(VENV)/bin/ansible-playbook -i .testhosts/inventory deploy/ansible/site.yml
+	$(TESTHOST) check
+
+down:
+	$(TESTHOST) down
+
+# The API (gunicorn on 127.0.0.1:$(PORT)), the scheduler daemon and a throw-away Redis, all in
+# the foreground; Ctrl-C stops the three cleanly.
+run: system-deps install
+	$(PY) scripts/run_local.py --port $(PORT)

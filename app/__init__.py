@@ -1,0 +1,1 @@
+"""FastAPI service and scheduler daemon of the VM deployment kit."""

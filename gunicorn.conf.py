@@ -1,0 +1,92 @@
+"""gunicorn settings for the API. `gunicorn -c gunicorn.conf.py` alone starts the service.
+
+Every value comes from the environment through app.settings (the one settings object); a bad
+value stops gunicorn here, before it binds anything, with a message naming the variable.
+
+gunicorn executes this file again on every HUP: it must stay free of state (see app.worker_ids).
+"""
+
+import os
+
+from app import worker_ids
+from app.settings import get_settings
+
+_settings = get_settings()
+
+wsgi_app = "app.main:app"
+worker_class = "uvicorn_worker.UvicornWorker"
+
+# Under systemd socket activation (LISTEN_PID == our pid) gunicorn adopts the inherited sockets
+# itself and ignores `bind`; a HUP or USR2 keeps them. `bind` matters for runs outside systemd.
+bind = [_settings.api_bind]
+backlog = _settings.api_backlog
+workers = _settings.api_workers
+timeout = _settings.api_timeout
+graceful_timeout = _settings.api_graceful_timeout
+keepalive = _settings.api_keepalive
+max_requests = _settings.api_max_requests
+max_requests_jitter = _settings.api_max_requests_jitter
+forwarded_allow_ips = _settings.api_forwarded_allow_ips
+
+# gunicorn >= 25 opens a control socket (for gunicornc) by default under $XDG_RUNTIME_DIR or
+# ~/.gunicorn, neither writable in a hardened unit; it is placed explicitly or switched off.
+if _settings.api_control_socket:
+    control_socket = _settings.api_control_socket
+else:
+    control_socket_disable = True
+
+# Workers touch a heartbeat file every few seconds; on a disk-backed /tmp that write can stall.
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
+
+# One JSON object per line for gunicorn's own lines too. uvicorn's worker copies the handlers of
+# gunicorn.error onto uvicorn.error and those of gunicorn.access onto uvicorn.access (both with
+# propagate off). gunicorn.access gets no handler on purpose: uvicorn then skips its access lines,
+# which have no duration, and app.middleware.AccessLog writes one JSON line per request instead.
+# That is also why gunicorn's `access_log_format` is not set: ASGI workers never use it.
+_level = _settings.log_level.upper()
+loglevel = _settings.log_level
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
+    "handlers": {
+        "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
+    },
+    "root": {"level": _level, "handlers": ["json"]},
+    "loggers": {
+        "gunicorn.error": {"level": _level, "handlers": ["json"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+    },
+}
+
+
+# Worker ids: each worker gets the lowest id not held by a live worker of the current generation,
+# so the live workers hold 0..N-1 after a crash, TTIN/TTOU, max_requests recycling or a HUP.
+# During a HUP reload (or USR2) old and new workers briefly share ids: WORKER_ID is never a mutex.
+
+
+def pre_fork(server, worker):
+    worker_ids.assign_id(worker, server.WORKERS.values())
+
+
+def post_fork(server, worker):
+    # WORKER_ID is already in this child's environment (exported by an at-fork hook in
+    # app.worker_ids), so this line, like every later one of the worker, carries worker_id.
+    server.log.info("worker started", extra={"worker_age": worker.age})
+
+
+def child_exit(server, worker):
+    # The id is free from here on: the arbiter has already dropped this worker from WORKERS.
+    server.log.info(
+        "worker exited", extra={"released_worker_id": worker.worker_id, "worker_pid": worker.pid}
+    )
+
+
+def on_reload(server):
+    worker_ids.mark_retiring(server.WORKERS.values())
+
+
+def nworkers_changed(server, new_value, old_value):
+    if old_value is not None and new_value < old_value:
+        worker_ids.retire_highest_ids_first(server.WORKERS.values(), new_value)

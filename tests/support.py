@@ -1,0 +1,229 @@
+"""Real processes for the tests: redis-server, gunicorn, the scheduler daemon.
+
+Importable from every test module: pytest puts this directory on sys.path for tests/conftest.py.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Polls condition() until it returns something truthy; fails naming `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    """A clean environment: nothing from the developer's shell leaks into the settings."""
+    env = {
+        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+    }
+    env.update(overrides)
+    return env
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    return proc.returncode
+
+
+class RedisServer:
+    """redis-server on a free 127.0.0.1 port, data in its own directory; stop()/start() keep both."""
+
+    def __init__(self, directory: Path, password: str | None = None) -> None:
+        self.directory = directory
+        self.password = password
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.directory), "--save", "", "--appendonly", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            args, stdout=(self.directory / "redis.log").open("ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(self.ping, 10, f"redis-server on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                auth = f"AUTH {self.password}\r\n" if self.password else ""
+                sock.sendall(f"{auth}PING\r\n".encode())
+                return b"+PONG" in _read_some(sock, b"+PONG")
+        except OSError:
+            return False
+
+    def command(self, *args: str) -> str:
+        """One command through redis-cli (a client independent of the code under test)."""
+        cli = ["redis-cli", "-p", str(self.port), "--no-auth-warning"]
+        if self.password:
+            cli += ["-a", self.password]
+        return subprocess.run(cli + list(args), capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+
+def _read_some(sock: socket.socket, until: bytes) -> bytes:
+    data = b""
+    while until not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class Process:
+    """A long-running child of ours with its output in a file of JSON log lines."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = args
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Process":
+        self.proc = subprocess.Popen(
+            self.args, cwd=REPO, env=self.env, stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 40) -> int:
+        return stop_process(self.proc, timeout)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_lines(self) -> list[dict]:
+        """Every line as JSON; a line that is not JSON fails the test that reads it."""
+        lines = []
+        for raw in self.output().splitlines():
+            if raw.strip():
+                try:
+                    lines.append(json.loads(raw))
+                except ValueError:
+                    raise AssertionError(f"log line is not JSON: {raw!r}") from None
+        return lines
+
+
+class Gunicorn(Process):
+    """`gunicorn -c gunicorn.conf.py` from the repository root, bound to 127.0.0.1:<free port>."""
+
+    def __init__(self, log_path: Path, **env: str) -> None:
+        self.port = free_port()
+        settings = {"API_BIND": f"127.0.0.1:{self.port}", "API_WORKERS": "2",
+                    "API_GRACEFUL_TIMEOUT": "10", **env}
+        super().__init__([str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py"],
+                         base_env(**settings), log_path)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, timeout: float = 10) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def wait_serving(self, timeout: float = 30) -> "Gunicorn":
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, timeout, "gunicorn to serve /health")
+        return self
+
+    def worker_pids(self) -> set[int]:
+        """Live (not zombie) children of the master, read from /proc."""
+        pids = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            state, ppid = fields[0], int(fields[1])
+            if ppid == self.pid and state != "Z":
+                pids.add(int(stat.parent.name))
+        return pids
+
+    def worker_ids(self) -> dict[int, int]:
+        """pid -> WORKER_ID of each live worker, from the line each worker logs when it starts."""
+        started = {line["pid"]: line["worker_id"] for line in self.log_lines()
+                   if line.get("msg") == "worker started"}
+        return {pid: started.get(pid) for pid in self.worker_pids()}
+
+    def settled_ids(self, count: int, timeout: float = 30) -> dict[int, int]:
+        """Waits until exactly `count` workers live and each has logged its id."""
+        def settled() -> dict[int, int] | None:
+            ids = self.worker_ids()
+            return ids if len(ids) == count and None not in ids.values() else None
+
+        return wait_until(settled, timeout, f"{count} live gunicorn workers with ids")
+
+
+def scheduler_process(log_path: Path, **env: str) -> Process:
+    return Process([sys.executable, "-m", "app.scheduler"], base_env(**env), log_path)
