@@ -1,0 +1,92 @@
+"""Continuous HTTPS load from the controller while an operation runs on the host.
+
+Every response is checked; the result lists each failure so a test can show why it failed.
+"""
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass(frozen=True)
+class Target:
+    address: str  # the host's IP: the name below is not in any DNS
+    server_name: str
+    ca_file: str
+
+    def client(self, **kwargs) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=f"https://{self.address}",
+            verify=httpx.create_ssl_context(verify=self.ca_file),
+            headers={"Host": self.server_name},
+            timeout=httpx.Timeout(30.0),
+            **kwargs,
+        )
+
+    def extensions(self) -> dict:
+        return {"sni_hostname": self.server_name}
+
+
+@dataclass
+class LoadResult:
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    versions: Counter = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return self.ok + len(self.failures)
+
+
+async def _client_loop(target: Target, path: str, stop: asyncio.Event, result: LoadResult) -> None:
+    async with target.client() as client:
+        while not stop.is_set():
+            try:
+                response = await client.get(path, extensions=target.extensions())
+                body = response.json() if response.status_code == 200 else None
+                if body is not None and body.get("status") == "ok":
+                    result.ok += 1
+                    result.versions[body.get("version")] += 1
+                else:
+                    result.failures.append(f"{response.status_code}: {response.text[:200]}")
+            except (httpx.HTTPError, ValueError) as error:
+                result.failures.append(f"{type(error).__name__}: {error}")
+
+
+def run_under_load(
+    target: Target,
+    operation: Callable[[], object],
+    *,
+    path: str = "/health",
+    clients: int = 16,
+    min_requests: int = 3000,
+    max_seconds: float = 300.0,
+) -> tuple[LoadResult, object]:
+    """Start `clients` keep-alive clients, run `operation` once they are busy, keep the load up
+    until the operation returned and at least `min_requests` were answered; return both results."""
+    result = LoadResult()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def drive() -> None:
+        await asyncio.gather(*(_client_loop(target, path, stop, result) for _ in range(clients)))
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(drive(),), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + max_seconds
+    try:
+        while result.total < min(200, min_requests) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        outcome = operation()
+        while result.total < min_requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=60)
+        loop.close()
+    return result, outcome
