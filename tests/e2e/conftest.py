@@ -2,18 +2,44 @@
 
 The suite keeps its hosts in their own directory, names and subnets, so an operator's
 `make up` host (kit1 in .testhosts/, 10.231.1.0/24) is neither reused nor torn down by a test run.
+
+With E2E_INVENTORY set, the site tests run against that inventory's host instead (e.g. the Vagrant
+VM): E2E_HOST picks the host (default: the first of group api), E2E_CA the CA file (default:
+ca.pem next to the inventory), E2E_EXTRA_VARS adds `name=value ...` to every playbook run and to
+the SSH settings (e.g. ansible_user=vagrant ansible_ssh_private_key_file=...).
 """
 
 import os
+import shlex
 import shutil
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from e2e_support import REPO, TestHosts
+from e2e_support import REPO, ApiHost, PlaybookRun, TestHosts
+
+OPERATOR_INVENTORY = os.environ.get("E2E_INVENTORY")
+
+# Settings of the host under test that differ from an operator's: the example job ticks every
+# second instead of every minute, so the scheduler tests see many runs in a few seconds.
+SUITE_VARS = {"app_extra_env": {"SCHEDULER_TICK_SECONDS": 1}}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The test-host tooling is checked on the bare host before test_site provisions it."""
+    here = Path(__file__).parent
+    slots = [i for i, item in enumerate(items) if item.path.parent == here]
+    ours = sorted((items[i] for i in slots), key=lambda item: item.path.name != "test_testhost.py")
+    for slot, item in zip(slots, ours):
+        items[slot] = item
 
 
 @pytest.fixture(scope="session")
 def testhost_available() -> None:
+    if OPERATOR_INVENTORY:
+        pytest.skip(f"E2E_INVENTORY={OPERATOR_INVENTORY}: no local test hosts in this run")
     if os.geteuid() != 0:
         pytest.skip("test hosts need root (mounts, systemd-nspawn, nft)")
     missing = [t for t in ("systemd-nspawn", "debootstrap", "nft", "zstd") if not shutil.which(t)]
@@ -26,6 +52,8 @@ def testhosts(testhost_available) -> Iterator[TestHosts]:
     """One bare host (e2e1, 10.231.101.2) shared by the session; the first use builds the rootfs."""
     hosts = TestHosts(REPO / ".testhosts" / "e2e", prefix="e2e", net=101)
     try:
+        # `up` keeps a healthy host, but one left by an interrupted run is no longer bare.
+        hosts.down()
         hosts.up(1)
         yield hosts
     finally:
@@ -40,3 +68,52 @@ def scratch_hosts(testhost_available, tmp_path) -> Iterator[TestHosts]:
         yield hosts
     finally:
         hosts.down()
+
+
+@pytest.fixture(scope="session")
+def api_host(request) -> Iterator[ApiHost]:
+    """The host the site tests provision and probe: e2e1, or the operator's (E2E_INVENTORY)."""
+    # Short: SSH control socket paths must fit in a sockaddr_un.
+    control_dir = Path(tempfile.mkdtemp(prefix="e2e-ssh-", dir="/tmp"))
+    extra_vars = dict(SUITE_VARS)
+    if OPERATOR_INVENTORY:
+        for pair in shlex.split(os.environ.get("E2E_EXTRA_VARS", "")):
+            name, _, value = pair.partition("=")
+            extra_vars[name] = value
+        ca = os.environ.get("E2E_CA")
+        host = ApiHost.from_inventory(Path(OPERATOR_INVENTORY).resolve(), control_dir,
+                                      name=os.environ.get("E2E_HOST"), ca=Path(ca).resolve() if ca else None,
+                                      extra_vars=extra_vars)
+    else:
+        testhosts = request.getfixturevalue("testhosts")
+        host = ApiHost.from_inventory(testhosts.inventory, control_dir, extra_vars=extra_vars)
+    try:
+        yield host
+    finally:
+        host.close()
+        shutil.rmtree(control_dir, ignore_errors=True)
+
+
+@dataclass
+class Provisioning:
+    bare: bool  # no trace of the API on the host before the run
+    local: bool  # a test host booted for this session (else the operator's host)
+    run: PlaybookRun
+
+
+@pytest.fixture(scope="session")
+def provisioning(api_host) -> Provisioning:
+    """The session's first site.yml run. Never raises: test_site judges it, the others skip it."""
+    before = api_host.sh("test -e /srv/api || test -e /etc/api || systemctl cat api.service",
+                         check=False)
+    return Provisioning(bare=before.returncode != 0, local=not OPERATOR_INVENTORY,
+                        run=api_host.playbook("site.yml"))
+
+
+@pytest.fixture(scope="session")
+def site(api_host, provisioning) -> ApiHost:
+    """The provisioned host. When provisioning failed, every test using it fails with one line
+    (the playbook's output is shown once, by test_site_yml_provisions_a_bare_host)."""
+    if provisioning.run.returncode != 0:
+        pytest.fail("site.yml failed on the host: see test_site_yml_provisions_a_bare_host", pytrace=False)
+    return api_host

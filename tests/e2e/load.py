@@ -4,6 +4,7 @@ Every response is checked; the result lists each failure so a test can show why 
 """
 
 import asyncio
+import ssl
 import threading
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ class Target:
     def client(self, **kwargs) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             base_url=f"https://{self.address}",
-            verify=httpx.create_ssl_context(verify=self.ca_file),
+            verify=ssl.create_default_context(cafile=self.ca_file),
             headers={"Host": self.server_name},
             timeout=httpx.Timeout(30.0),
             **kwargs,

@@ -1,0 +1,104 @@
+"""Helpers of the static deployment checks (tests/static): run tools, render the templates.
+
+Nothing here needs a test host; nothing touches the controller's own /etc/nginx or systemd.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+ANSIBLE_DIR = DEPLOY / "ansible"
+VENV_BIN = Path(sys.executable).parent
+# Debian keeps nginx, nft and friends in sbin, which a non-login PATH may lack.
+TOOL_PATH = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+SERVER_NAME = "api.static.test"
+REDIS_PASSWORD = "static-check-password-0123"
+
+
+def tool(name: str) -> str:
+    """Absolute path of a command the checks need; a missing one is an error, not a skip."""
+    path = shutil.which(name, path=TOOL_PATH)
+    assert path, f"{name} is not installed (make system-deps installs it)"
+    return path
+
+
+def run(*cmd: object, cwd: Path | None = None, timeout: float = 300,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": TOOL_PATH, "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1", "PY_COLORS": "0", **(env or {})}
+    return subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def nginx_build_info() -> str:
+    """What `nginx -V` prints on the controller; the nginx role reads its versions from it."""
+    return run(tool("nginx"), "-V").stderr
+
+
+@dataclass
+class Rendered:
+    root: Path
+
+    def text(self, rel: str) -> str:
+        return (self.root / rel).read_text()
+
+    @property
+    def nginx_conf(self) -> Path:
+        return self.root / "nginx" / "nginx.conf"
+
+
+def render(root: Path, **overrides: object) -> Rendered:
+    """Render every template of the deployment into root with ansible-playbook (tests/static/render.yml)."""
+    nginx_dir = root / "nginx"
+    for sub in ("units", "nginx/sites-enabled", "nginx/conf.d", "nginx/modules-enabled", "log"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    variables = {
+        "nginx_conf_dir": str(nginx_dir),
+        "nginx_log_dir": str(root / "log"),
+        "nginx_server_name": SERVER_NAME,
+        "nginx_build": {"stderr": nginx_build_info()},
+        "api_redis_password": REDIS_PASSWORD,
+        **overrides,
+    }
+    (root / "vars.json").write_text(json.dumps(variables))
+    result = run(VENV_BIN / "ansible-playbook", "-i", "localhost,", "-c", "local",
+                 Path(__file__).with_name("render.yml"), "-e", f"@{root / 'vars.json'}",
+                 env={"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    for item in json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["results"]:
+        (root / item["item"]["key"]).write_text(item["msg"])
+    return Rendered(root)
+
+
+def make_throwaway_cert(tls_dir: Path, name: str) -> None:
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    result = run(tool("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                 "-nodes", "-days", "2", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+                 "-keyout", tls_dir / f"{name}.key", "-out", tls_dir / f"{name}.crt")
+    assert result.returncode == 0, result.stderr
+
+
+def env_file(text: str) -> dict[str, str]:
+    """KEY="value" lines of a systemd EnvironmentFile as rendered by the app role."""
+    values = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key] = json.loads(value) if value.startswith('"') else value
+    return values
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    """Every Key=value of a unit file, values in order of appearance."""
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings

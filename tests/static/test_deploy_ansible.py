@@ -1,0 +1,106 @@
+"""The playbooks and roles: ansible-lint (production profile), syntax checks, the input validation
+that runs before anything changes, and the rule that every role variable is documented once."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy_static import ANSIBLE_DIR, VENV_BIN, run
+
+PLAYBOOKS = ("site.yml", "deploy.yml", "rollback.yml")
+INVENTORIES = ("production.example", "vagrant/hosts.ini")
+ROLES = sorted(p.name for p in (ANSIBLE_DIR / "roles").iterdir() if p.is_dir())
+
+
+def playbook(*args, cwd=ANSIBLE_DIR):
+    return run(VENV_BIN / "ansible-playbook", *args, cwd=cwd)
+
+
+def recap(output: str) -> dict[str, int]:
+    """The numbers of the first host line of PLAY RECAP."""
+    line = output[output.index("PLAY RECAP"):].splitlines()[1]
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}
+
+
+def test_ansible_lint_production_profile_passes():
+    result = run(VENV_BIN / "ansible-lint", "--profile", "production", cwd=ANSIBLE_DIR, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES)
+@pytest.mark.parametrize("name", PLAYBOOKS)
+def test_playbook_syntax(name, inventory):
+    result = playbook("--syntax-check", "-i", f"inventories/{inventory}", name)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def unreachable_inventory(tmp_path) -> Path:
+    """One host in every group that nothing can connect to (the port is closed)."""
+    inventory = tmp_path / "inventory"
+    inventory.write_text(
+        "[api]\nh1 ansible_host=127.0.0.1 ansible_port=1 ansible_user=deploy nginx_server_name=h1.static.test\n"
+        "[scheduler]\nh1\n[redis]\nh1\n")
+    return inventory
+
+
+def test_site_names_every_bad_variable_in_its_first_task_and_changes_nothing(unreachable_inventory):
+    result = playbook("-i", unreachable_inventory, "site.yml", "-e", "nginx_tls_mode=bogus",
+                      "-e", "nginx_server_name=Not_A_Name", "-e", "app_keep_releases=1", "-e", "api_keepalive=1",
+                      "-e", "redis_maxmemory_policy=sometimes")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert output.count("TASK [") == 1 and "TASK [Validate the inventory]" in output
+    for variable in ("nginx_tls_mode", "nginx_server_name", "app_keep_releases", "api_keepalive",
+                     "redis_maxmemory_policy", "nginx_upstream_keepalive_timeout"):
+        assert variable in output
+    assert recap(output) == {"ok": 0, "changed": 0, "unreachable": 0, "failed": 1,
+                             "skipped": 0, "rescued": 0, "ignored": 0}
+
+
+def test_site_files_mode_needs_the_certificate_files(unreachable_inventory, tmp_path):
+    result = playbook("-i", unreachable_inventory, "site.yml", "-e", "nginx_tls_mode=files",
+                      "-e", f"nginx_tls_cert_file={tmp_path}/missing.pem")
+    output = result.stdout + result.stderr
+    assert "TASK [Validate the inventory]" in output and "Gather facts" not in output
+    assert "nginx_tls_cert_file" in output and "nginx_tls_key_file" in output
+
+
+def test_site_passes_validation_with_a_good_inventory(unreachable_inventory):
+    result = playbook("-i", unreachable_inventory, "site.yml")
+    output = result.stdout + result.stderr
+    # Validation and the shared password pass; the play stops where it first needs the host.
+    assert "TASK [Gather facts]" in output
+    assert (recap(output)["ok"], recap(output)["unreachable"], recap(output)["failed"]) == (2, 1, 0)
+    assert (unreachable_inventory.parent / "credentials" / "redis_password").is_file()
+
+
+def test_deploy_and_rollback_validate_first(unreachable_inventory):
+    for name, bad in (("deploy.yml", "app_version=not a version"), ("rollback.yml", "api_keepalive=0")):
+        result = playbook("-i", unreachable_inventory, name, "-e", f'{{"{bad.split("=")[0]}": "{bad.split("=")[1]}"}}')
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and output.count("TASK [") == 1, output
+        assert bad.split("=")[0] in output
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_variable_is_documented_in_defaults(role):
+    defaults = ANSIBLE_DIR / "roles" / role / "defaults" / "main.yml"
+    lines = defaults.read_text().splitlines()
+    names = list(yaml.safe_load(defaults.read_text()))
+    for name in names:
+        assert name.startswith(f"{role}_"), f"{name} lacks the {role}_ prefix"
+        index = next(i for i, line in enumerate(lines) if line.startswith(f"{name}:"))
+        assert lines[index - 1].startswith("# "), f"{name} has no comment line above it"
+
+
+def test_no_variable_is_defined_in_two_roles():
+    seen: dict[str, str] = {}
+    for role in ROLES:
+        for name in yaml.safe_load((ANSIBLE_DIR / "roles" / role / "defaults" / "main.yml").read_text()):
+            assert name not in seen, f"{name} is defined by {seen[name]} and {role}"
+            seen[name] = role
+    # ... and nothing else defines role variables behind the defaults' back.
+    assert not list((ANSIBLE_DIR / "roles").glob("*/vars/*"))

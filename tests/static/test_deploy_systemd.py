@@ -1,0 +1,120 @@
+"""The rendered systemd units: `systemd-analyze verify`, the security exposure and the timeouts
+that have to fit together. systemd is not PID 1 on the controller, so everything runs offline."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deploy_static import env_file, run, tool, unit_settings
+
+UNITS = ("api.socket", "api.service", "api-scheduler.service")
+SERVICES = ("api.service", "api-scheduler.service")
+MAX_EXPOSURE = 2.0
+
+
+def verify_root(tmp_path: Path, units: dict[str, str]) -> Path:
+    """A file system root with systemd's own units, the units under test and the binaries they run.
+
+    `verify` checks that every Exec*= binary exists, so stand-ins are put where the release's venv
+    will be; /usr/bin/kill (ExecReload) is copied in.
+    """
+    root = tmp_path / "root"
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "usr/bin").mkdir(parents=True)
+    shutil.copy(tool("kill"), root / "usr/bin/kill")
+    (root / "bin").symlink_to("usr/bin")
+    (root / "lib").symlink_to("usr/lib")
+    venv_bin = root / "srv/api/current/venv/bin"
+    venv_bin.mkdir(parents=True)
+    for name in ("gunicorn", "python"):
+        (venv_bin / name).write_text("#!/bin/sh\n")
+        (venv_bin / name).chmod(0o755)
+    unit_dir = root / "etc/systemd/system"
+    unit_dir.mkdir(parents=True)
+    for name, text in units.items():
+        (unit_dir / name).write_text(text)
+    return root
+
+
+def verify_problems(root: Path, names) -> str:
+    """What `systemd-analyze verify` has to say; it exits 0 on mere warnings such as an unknown key,
+    so any output at all counts as a problem."""
+    result = run(tool("systemd-analyze"), "verify", f"--root={root}", "--man=no", "--generators=no",
+                 *(f"/etc/systemd/system/{name}" for name in names))
+    return (result.stdout + result.stderr).strip() or ("" if result.returncode == 0 else f"exit {result.returncode}")
+
+
+def exposure(unit: Path) -> tuple[int, float]:
+    """(exit status with the threshold, overall exposure) of `systemd-analyze security --offline`."""
+    # --threshold is in tenths: exit non-zero above MAX_EXPOSURE.
+    result = run(tool("systemd-analyze"), "security", "--offline=true", "--no-pager",
+                 f"--threshold={int(MAX_EXPOSURE * 10)}", unit)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout + result.stderr)
+    assert match, result.stdout + result.stderr
+    return result.returncode, float(match.group(1))
+
+
+def test_units_pass_systemd_analyze_verify(rendered, tmp_path):
+    root = verify_root(tmp_path, {name: rendered.text(f"units/{name}") for name in UNITS})
+    assert verify_problems(root, UNITS) == ""
+
+
+def test_verify_reports_a_broken_unit(rendered, tmp_path):
+    broken = rendered.text("units/api.service").replace("KillMode=mixed", "KillMode=mixd")
+    root = verify_root(tmp_path, {"api.socket": rendered.text("units/api.socket"), "api.service": broken})
+    assert "kill mode" in verify_problems(root, ["api.service"])
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_exposure_is_at_most_2(rendered, service):
+    status, level = exposure(rendered.root / "units" / service)
+    assert level <= MAX_EXPOSURE
+    assert status == 0
+
+
+def test_threshold_fails_an_unhardened_service(rendered, tmp_path):
+    text = rendered.text("units/api.service")
+    sandbox = text[text.index("NoNewPrivileges="):text.index("RestrictAddressFamilies=")]
+    unhardened = tmp_path / "api.service"
+    unhardened.write_text(text.replace(sandbox, ""))
+    status, level = exposure(unhardened)
+    assert level > MAX_EXPOSURE
+    assert status != 0
+
+
+def test_socket_is_held_by_systemd_for_nginx_only(rendered):
+    socket = unit_settings(rendered.text("units/api.socket"))
+    assert socket["ListenStream"] == ["/run/api/api.sock"]
+    assert (socket["SocketUser"], socket["SocketGroup"], socket["SocketMode"]) == (["root"], ["www-data"], ["0660"])
+
+
+def test_api_service_runs_gunicorn_of_the_current_release(rendered):
+    unit = unit_settings(rendered.text("units/api.service"))
+    assert unit["Requires"] == ["api.socket"] and "api.socket" in unit["After"][0].split()
+    assert unit["Type"] == ["notify"]
+    assert unit["ExecStart"] == [
+        "/srv/api/current/venv/bin/gunicorn --config /srv/api/current/gunicorn.conf.py app.main:app"]
+    assert unit["EnvironmentFile"] == ["/etc/api/api.env", "/srv/api/current/release.env"]
+    assert unit["User"] == ["api"] and unit["Group"] == ["api"]
+    assert unit["ExecReload"] == ["/bin/kill -s HUP $MAINPID"]
+    assert unit["KillMode"] == ["mixed"] and unit["Restart"] == ["on-failure"]
+    # The control socket lives in the unit's own runtime directory, not in api.socket's /run/api.
+    assert unit["RuntimeDirectory"] == ["api-gunicorn"]
+    assert unit["Environment"] == ["API_CONTROL_SOCKET=/run/api-gunicorn/gunicorn.ctl"]
+
+
+def test_scheduler_service_runs_the_current_release_and_always_comes_back(rendered):
+    unit = unit_settings(rendered.text("units/api-scheduler.service"))
+    assert unit["ExecStart"] == ["/srv/api/current/venv/bin/python -m app.scheduler"]
+    assert unit["EnvironmentFile"] == ["/etc/api/api.env", "/srv/api/current/release.env"]
+    assert unit["Restart"] == ["always"] and int(unit["RestartSec"][0]) <= 5
+
+
+def test_stop_timeouts_outlast_the_drain_timeouts(rendered):
+    env = env_file(rendered.text("api.env"))
+    api = unit_settings(rendered.text("units/api.service"))
+    scheduler = unit_settings(rendered.text("units/api-scheduler.service"))
+    assert int(api["TimeoutStopSec"][0]) > int(env["API_GRACEFUL_TIMEOUT"])
+    assert int(scheduler["TimeoutStopSec"][0]) > int(env["SCHEDULER_DRAIN_TIMEOUT"])
