@@ -4,7 +4,7 @@
 
 Starts its own redis-server and gunicorn instances on free 127.0.0.1 ports and measures, in
 alternating rounds so that background noise hits both sides of a pair alike:
-  1. /large-response?kb=500, app.api (orjson, encoded once per size) vs FastAPI's default JSON path
+  1. /large-response?kb=500, app.api (orjson per request) vs FastAPI's default JSON path
   2. /large-response?kb=500 with gzip (Accept-Encoding: gzip) vs without
   3. /health, gunicorn -w2 with uvloop + httptools vs the same with asyncio + h11
 The load generator is a keep-alive HTTP/1.1 client on asyncio protocols, sharing the CPUs with
@@ -186,7 +186,7 @@ async def main(args) -> None:
               f"{args.rounds} rounds of {args.seconds}s per variant")
         await compare(
             "/large-response?kb=500: encoder (both uncompressed)",
-            ("orjson, encoded once per size (app.api)", api, "/large-response?kb=500", identity),
+            ("orjson per request (app.api)", api, "/large-response?kb=500", identity),
             ("FastAPI default JSONResponse path", default, "/large-response?kb=500", identity),
             args,
         )
