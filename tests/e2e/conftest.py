@@ -96,6 +96,7 @@ def api_host(request) -> Iterator[ApiHost]:
 
 @dataclass
 class Provisioning:
+    host: str
     bare: bool  # no trace of the API on the host before the run
     local: bool  # a test host booted for this session (else the operator's host)
     run: PlaybookRun
@@ -106,7 +107,7 @@ def provisioning(api_host) -> Provisioning:
     """The session's first site.yml run. Never raises: test_site judges it, the others skip it."""
     before = api_host.sh("test -e /srv/api || test -e /etc/api || systemctl cat api.service",
                          check=False)
-    return Provisioning(bare=before.returncode != 0, local=not OPERATOR_INVENTORY,
+    return Provisioning(host=api_host.name, bare=before.returncode != 0, local=not OPERATOR_INVENTORY,
                         run=api_host.playbook("site.yml"))
 
 

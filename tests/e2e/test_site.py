@@ -94,14 +94,21 @@ def current_release(site: ApiHost) -> str:
     return site.sh("readlink /srv/api/current").stdout.strip()
 
 
+def running_releases(site: ApiHost) -> dict[str, str]:
+    """RELEASE_ID in the environment each service was started with."""
+    script = ("for unit in api api-scheduler; do pid=$(systemctl show -p MainPID --value $unit); "
+              "echo $unit $(tr '\\0' '\\n' < /proc/$pid/environ | sed -n 's/^RELEASE_ID=//p'); done")
+    return dict(line.split() for line in site.sh(script).stdout.splitlines())
+
+
 # ---------------------------------------------------------------- provisioning
 
 
 def test_site_yml_provisions_a_bare_host(provisioning):
     run = provisioning.run
-    assert run.returncode == 0, str(run)
     print(f"site.yml from bare: {run.seconds:.0f} s, recap {run.recap}")
-    (recap,) = run.recap.values()
+    assert run.returncode == 0, str(run)
+    recap = run.recap[provisioning.host]
     assert recap["failed"] == recap["unreachable"] == 0, str(run)
     if provisioning.local:
         assert provisioning.bare, "the test host was not bare before site.yml"
@@ -112,7 +119,8 @@ def test_second_site_yml_run_changes_nothing(site):
     run = site.playbook("site.yml")
     print(f"site.yml again: {run.seconds:.0f} s")
     assert run.returncode == 0, str(run)
-    assert {host: recap["changed"] for host, recap in run.recap.items()} == {site.name: 0}, (
+    changed = {host: recap["changed"] for host, recap in run.recap.items()}
+    assert site.name in changed and set(changed.values()) == {0}, (
         f"changed tasks: {run.tasks_with('changed')}\n{run}")
 
 
@@ -255,8 +263,11 @@ def test_settings_are_private_and_the_app_user_cannot_log_in(site):
 
 
 def test_api_logs_json_lines_with_worker_id(site):
+    """Everything the running service wrote. Only this run of it: gunicorn prints the bare message
+    of a worker's boot error to stderr, so a broken release deployed earlier leaves plain lines."""
     site.health()  # at least one request line
-    out = site.sh("journalctl _SYSTEMD_UNIT=api.service -o cat --no-pager").stdout
+    invocation = site.unit("api.service", "InvocationID")["InvocationID"]
+    out = site.sh(f"journalctl _SYSTEMD_INVOCATION_ID={invocation} -o cat --no-pager").stdout
     lines = [line for line in out.splitlines() if line.strip()]
     not_json = [line for line in lines if not line.startswith("{")]
     assert not_json == [], f"{len(not_json)} of {len(lines)} lines are not JSON: {not_json[:5]}"
@@ -303,6 +314,7 @@ def test_deploy_of_a_new_release_under_load_fails_no_request(site, first_release
     assert_no_failures(result)
     assert site.health()["version"] == version
     assert current_release(site) != first_release["dir"]
+    assert running_releases(site) == dict.fromkeys(["api", "api-scheduler"], Path(current_release(site)).name)
 
 
 def test_rollback_under_load_fails_no_request(site, first_release):
@@ -312,6 +324,7 @@ def test_rollback_under_load_fails_no_request(site, first_release):
     assert_no_failures(result)
     assert site.health()["version"] == first_release["version"]
     assert current_release(site) == first_release["dir"]
+    assert running_releases(site) == dict.fromkeys(["api", "api-scheduler"], Path(first_release["dir"]).name)
 
 
 def test_release_that_cannot_start_is_switched_back(site, first_release, tmp_path):
@@ -329,15 +342,16 @@ def test_release_that_cannot_start_is_switched_back(site, first_release, tmp_pat
 
     run = site.playbook("deploy.yml", "-e", f"app_source_dir={source}",
                         "-e", f"app_version={first_release['version']}-broken")
-    print(f"deploy.yml of a broken release: {run.seconds:.0f} s")
-    assert run.returncode != 0, str(run)
     message = " ".join(run.output.split())
+    print(f"deploy.yml of a broken release: {run.seconds:.0f} s; {message.rpartition('msg: ')[2][:400]}")
+    assert run.returncode != 0, str(run)
     assert re.search(rf"Release {re.escape(first_release['version'])}-broken-\w+ did not come up on "
                      rf"{re.escape(site.name)}", message), str(run)
     assert f"Switched back to {Path(old).name}, which is ready again" in message, str(run)
     assert current_release(site) == old
     assert site.health()["version"] == first_release["version"]
     assert site.get("/ready").status_code == 200
+    assert running_releases(site) == dict.fromkeys(["api", "api-scheduler"], Path(old).name)
 
 
 # ---------------------------------------------------------------- faults
@@ -348,6 +362,7 @@ def test_killed_worker_comes_back_with_its_id_within_5_seconds(site):
     replacement must log the same id."""
     out = site.python(KILL_WORKER, timeout=60).stdout
     report = json.loads(out)
+    print(f"worker kill: {report}")
     assert report["replacement"] is not None, f"no replacement for worker {report['worker_id']}: {report}"
     assert report["seconds"] <= 5, report
     main, alive = workers(site)
@@ -408,7 +423,7 @@ def ticks(site: ApiHost) -> list[str]:
 
 def test_killed_scheduler_resumes_without_running_a_tick_twice(site):
     before = site.unit("api-scheduler.service", "MainPID")["MainPID"]
-    last_before = wait_until(lambda: ticks(site)[-1:], 30, "the example job to run")[0]
+    wait_until(lambda: ticks(site), 30, "the example job to run")
     site.sh(f"kill -9 {before}")
 
     def restarted() -> bool:
@@ -416,9 +431,11 @@ def test_killed_scheduler_resumes_without_running_a_tick_twice(site):
         return now["ActiveState"] == "active" and now["MainPID"] not in ("0", before)
 
     wait_until(restarted, 30, "systemd to restart api-scheduler", interval=0.2)
-    # The dead leader's lease has to expire (SCHEDULER_LEASE_TTL) before the new process leads.
+    # Whatever is written from here on, the new process wrote; it leads once the dead leader's
+    # lease has expired (SCHEDULER_LEASE_TTL).
+    last_before = ticks(site)[-1]
     wait_until(lambda: len([t for t in ticks(site) if t > last_before]) >= 3, 60,
-               "the example job to run 3 more times after the restart", interval=0.5)
+               "the example job to run 3 times in the new scheduler", interval=0.5)
     written = ticks(site)
     assert len(written) == len(set(written)), f"ticks ran twice: {[t for t, n in Counter(written).items() if n > 1]}"
     for job in site.get("/jobs").json()["jobs"]:
@@ -441,6 +458,15 @@ def test_redis_outage_degrades_and_recovers_without_restarting_api(site):
     assert site.request("PUT", "/cache/e2e-outage", json={"value": "back", "ttl": 60}).status_code == 200
     assert site.get("/cache/e2e-outage").json()["value"] == "back"
     assert site.unit("api.service", "MainPID")["MainPID"] == main
+
+
+def test_site_yml_after_the_faults_changes_nothing(site):
+    """systemd repaired every fault above, so the host is still what site.yml describes."""
+    run = site.playbook("site.yml")
+    print(f"site.yml after the faults: {run.seconds:.0f} s")
+    assert run.returncode == 0, str(run)
+    assert {recap["changed"] for recap in run.recap.values()} == {0}, (
+        f"changed tasks: {run.tasks_with('changed')}\n{run}")
 
 
 def test_no_secret_in_the_logs(site):
