@@ -53,6 +53,8 @@ def start_gunicorn(name: str, workdir: Path, redis_url: str, *extra: str) -> Ser
         "API_BIND": f"127.0.0.1:{port}",
         "API_WORKERS": "2",
         "API_ENV": "development",
+        # A worker recycled mid-round closes the keep-alive connections the load runs on.
+        "API_MAX_REQUESTS": "0",
     }
     log = (workdir / f"{name}.log").open("wb")
     proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", *extra], cwd=REPO,
