@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from support import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TESTHOST = REPO / "tools" / "testhost"
@@ -71,10 +72,7 @@ def address(host: dict) -> str:
 
 def wait_exited(pid: int, timeout: float = 10) -> None:
     """Waits until a process is gone or a zombie (PID 1 reaps it in its own time)."""
-    deadline = time.monotonic() + timeout
-    while process_alive(pid):
-        assert time.monotonic() < deadline, f"process {pid} still running after {timeout} s"
-        time.sleep(0.05)
+    wait_until(lambda: not process_alive(pid), timeout, f"process {pid} to exit")
 
 
 def process_alive(pid: int) -> bool:
