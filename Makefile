@@ -15,23 +15,27 @@ system-deps:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e ./runtime -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
 
-# Regenerates the hash-pinned runtime lock that the hosts install from. It is resolved by Debian 12's
-# own python3, the interpreter the hosts run, so markers such as python_full_version match theirs.
+# Writes PROJECT/requirements.lock, the hash-pinned lock a release is installed from: the
+# dependencies of PROJECT/pyproject.toml and of the kit's runtime (runtime/pyproject.toml) in one
+# resolution. Resolved by Debian 12's own python3, the interpreter the hosts run, so markers such
+# as python_full_version match theirs. PROJECT defaults to this repository (the example app):
+#   make lock PROJECT=/path/to/your/project
+PROJECT ?= .
 LOCK_VENV := .lock-venv
 lock: system-deps
 	/usr/bin/python3 -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install -q pip-tools
 	$(LOCK_VENV)/bin/pip-compile -q --generate-hashes --strip-extras --allow-unsafe \
 		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
-		--output-file requirements.lock pyproject.toml
+		--output-file $(PROJECT)/requirements.lock $(PROJECT)/pyproject.toml runtime/pyproject.toml
 
 test: system-deps install
 	$(VENV)/bin/pytest -ra

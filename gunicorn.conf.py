@@ -1,20 +1,25 @@
-"""gunicorn settings for the API. `gunicorn -c gunicorn.conf.py` alone starts the service.
+"""gunicorn settings of the kit. `gunicorn -c gunicorn.conf.py` alone starts the service.
 
-Every value comes from the environment through app.settings (the one settings object); a bad
-value stops gunicorn here, before it binds anything, with a message naming the variable.
+Every value comes from the environment through vmkit.settings, the app to serve included
+(ASGI_APP, `module:attribute`); a bad or missing value stops gunicorn here, before it binds
+anything, with a message naming the variable.
 
-gunicorn executes this file again on every HUP: it must stay free of state (see app.worker_ids).
+gunicorn executes this file again on every HUP: it must stay free of state (see vmkit.worker_ids).
 """
 
 import os
+import sys
 
-from app import worker_ids
-from app.settings import get_settings
+from vmkit import worker_ids
+from vmkit.settings import get_settings
 
 _settings = get_settings()
 
-wsgi_app = "app.main:app"
-worker_class = "uvicorn_worker.UvicornWorker"
+if not _settings.asgi_app:
+    sys.exit("ASGI_APP is not set: name the app to serve as module:attribute, e.g. shop.web:api")
+wsgi_app = _settings.asgi_app
+# uvicorn-worker's UvicornWorker, plus the kit's JSON access line for every app.
+worker_class = "vmkit.worker.Worker"
 
 # Under systemd socket activation (LISTEN_PID == our pid) gunicorn adopts the inherited sockets
 # itself and ignores `bind`; a HUP or USR2 keeps them. `bind` matters for runs outside systemd.
@@ -42,14 +47,14 @@ if os.path.isdir("/dev/shm"):
 # One JSON object per line for gunicorn's own lines too. uvicorn's worker copies the handlers of
 # gunicorn.error onto uvicorn.error and those of gunicorn.access onto uvicorn.access (both with
 # propagate off). gunicorn.access gets no handler on purpose: uvicorn then skips its access lines,
-# which have no duration, and app.middleware.AccessLog writes one JSON line per request instead.
+# which have no duration, and vmkit.access.AccessLog writes one JSON line per request instead.
 # That is also why gunicorn's `access_log_format` is not set: ASGI workers never use it.
 _level = _settings.log_level.upper()
 loglevel = _settings.log_level
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "vmkit.logs.JsonFormatter"}},
     "handlers": {
         "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
     },
@@ -72,7 +77,7 @@ def pre_fork(server, worker):
 
 def post_fork(server, worker):
     # WORKER_ID is already in this child's environment (exported by an at-fork hook in
-    # app.worker_ids), so this line, like every later one of the worker, carries worker_id.
+    # vmkit.worker_ids), so this line, like every later one of the worker, carries worker_id.
     server.log.info("worker started", extra={"worker_age": worker.age})
 
 

@@ -1,1 +1,1 @@
-"""FastAPI service and scheduler daemon of the VM deployment kit."""
+"""The example application: what a user of the kit writes (routes, jobs, its own settings)."""

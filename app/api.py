@@ -1,23 +1,22 @@
-"""The HTTP routes. Per-process resources come from the lifespan state (app.main)."""
+"""The example app's routes: a Redis-backed cache, a large JSON response, the scheduler's jobs.
 
-import asyncio
-import time
-from collections.abc import Awaitable
+Redis comes from the kit (vmkit.redis): the process's pool, and `redis_call`, which turns an
+outage into a 503 instead of a 500 or a hung request.
+"""
+
 from functools import lru_cache
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from app import schedule_state
-from app.settings import Settings
+from vmkit.redis import client, redis_call
+from vmkit.scheduler import state as schedule_state
+from vmkit.settings import get_settings
 
 router = APIRouter()
-
-T = TypeVar("T")
 
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 KEY_MAX_LENGTH = 128
@@ -36,91 +35,6 @@ class JSONBytes(Response):
 
     def render(self, content: object) -> bytes:
         return orjson.dumps(content)
-
-
-class RedisUnavailable(Exception):
-    """Turned into 503 by app.main; carries no connection details, which may hold credentials."""
-
-
-async def redis_call(settings: Settings, awaitable: Awaitable[T]) -> T:
-    """Bounds a Redis round trip as a whole (pool wait + retry included) and maps failure to 503.
-
-    The socket timeouts alone bound each attempt; this bounds the sum, so no call waits on an
-    unreachable Redis for longer than two socket timeouts.
-    """
-    try:
-        async with asyncio.timeout(2 * settings.redis_socket_timeout):
-            return await awaitable
-    except TimeoutError as error:
-        raise RedisUnavailable("timeout") from error
-    except RedisError as error:
-        raise RedisUnavailable(type(error).__name__) from error
-
-
-def _settings(request: Request) -> Settings:
-    return request.state.settings
-
-
-def _redis(request: Request) -> Redis:
-    return request.state.redis
-
-
-# ---- liveness and readiness -------------------------------------------------------------------
-
-
-@router.get("/health")
-async def health(request: Request) -> Response:
-    # Constant for the life of the worker, so encoded once at start-up (see app.main.lifespan).
-    return Response(request.state.health_body, media_type="application/json")
-
-
-async def _scheduler_state(redis: Redis, settings: Settings) -> tuple[dict | None, dict | None]:
-    return (
-        await schedule_state.read_heartbeat(redis, settings),
-        await schedule_state.read_leader(redis, settings),
-    )
-
-
-@router.get("/ready")
-async def ready(request: Request) -> Response:
-    settings, redis = _settings(request), _redis(request)
-    redis_check: dict = {"ok": False}
-    scheduler_check: dict = {
-        "ok": False,
-        "leader": None,
-        "fence": None,
-        "heartbeat_age_seconds": None,
-        "max_age_seconds": settings.ready_heartbeat_max_age,
-    }
-    try:
-        started = time.perf_counter()
-        await redis_call(settings, redis.ping())
-        redis_check = {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
-        heartbeat, leader = await redis_call(settings, _scheduler_state(redis, settings))
-    except RedisUnavailable as error:
-        target = scheduler_check if redis_check["ok"] else redis_check
-        target["error"] = f"redis unavailable ({error})"
-    else:
-        if leader is not None:
-            scheduler_check["leader"] = leader["id"]
-            scheduler_check["fence"] = leader["fence"]
-        if heartbeat is None:
-            scheduler_check["error"] = "no scheduler heartbeat"
-        else:
-            # Wall clocks of two hosts: a heartbeat "from the future" is simply fresh.
-            age = max(0.0, time.time() - heartbeat["at"])
-            scheduler_check["heartbeat_age_seconds"] = round(age, 3)
-            scheduler_check["ok"] = age <= settings.ready_heartbeat_max_age
-            if not scheduler_check["ok"]:
-                scheduler_check["error"] = "scheduler heartbeat is stale"
-    is_ready = redis_check["ok"] and scheduler_check["ok"]
-    return JSONBytes(
-        {
-            "status": "ready" if is_ready else "not_ready",
-            "checks": {"redis": redis_check, "scheduler": scheduler_check},
-        },
-        status_code=200 if is_ready else 503,
-    )
 
 
 # ---- cache -------------------------------------------------------------------------------------
@@ -145,8 +59,8 @@ class CacheValue(BaseModel):
     )
 
 
-def _cache_key(settings: Settings, key: str) -> str:
-    return f"{settings.redis_key_prefix}cache:{key}"
+def _cache_key(key: str) -> str:
+    return f"{get_settings().redis_key_prefix}cache:{key}"
 
 
 async def _get_with_ttl(redis: Redis, name: str) -> list:
@@ -157,32 +71,40 @@ async def _get_with_ttl(redis: Redis, name: str) -> list:
 
 
 @router.get("/cache/{key}")
-async def cache_get(key: CacheKey, request: Request) -> Response:
-    settings = _settings(request)
-    value, ttl = await redis_call(
-        settings, _get_with_ttl(_redis(request), _cache_key(settings, key))
-    )
+async def cache_get(key: CacheKey) -> Response:
+    value, ttl = await redis_call(_get_with_ttl(client(), _cache_key(key)))
     if value is None:
         return JSONBytes({"detail": "key not found"}, status_code=404)
     return JSONBytes({"key": key, "value": value, "ttl": ttl if ttl >= 0 else None})
 
 
 @router.put("/cache/{key}")
-async def cache_put(key: CacheKey, body: CacheValue, request: Request) -> Response:
-    settings = _settings(request)
-    await redis_call(
-        settings, _redis(request).set(_cache_key(settings, key), body.value, ex=body.ttl)
-    )
+async def cache_put(key: CacheKey, body: CacheValue) -> Response:
+    await redis_call(client().set(_cache_key(key), body.value, ex=body.ttl))
     return JSONBytes({"key": key, "ttl": body.ttl})
 
 
 @router.delete("/cache/{key}")
-async def cache_delete(key: CacheKey, request: Request) -> Response:
-    settings = _settings(request)
-    deleted = await redis_call(settings, _redis(request).delete(_cache_key(settings, key)))
+async def cache_delete(key: CacheKey) -> Response:
+    deleted = await redis_call(client().delete(_cache_key(key)))
     if not deleted:
         return JSONBytes({"detail": "key not found"}, status_code=404)
     return Response(status_code=204)
+
+
+# ---- counters: a non-idempotent endpoint ------------------------------------------------------
+
+CounterName = Annotated[
+    str, Path(pattern=r"^[a-z0-9_-]{1,64}$", description="Lower-case letters, digits, _ and -")
+]
+
+
+@router.post("/counters/{name}")
+async def counter_increment(name: CounterName) -> Response:
+    """Adds one and returns the new value: a retry after a lost answer would add one again, unless
+    the client sends an Idempotency-Key (the kit then runs it once per key)."""
+    value = await redis_call(client().incr(f"{get_settings().redis_key_prefix}counters:{name}"))
+    return JSONBytes({"name": name, "value": value})
 
 
 # ---- large response ----------------------------------------------------------------------------
@@ -228,13 +150,13 @@ async def large_response(
 
 
 @router.get("/jobs")
-async def jobs(request: Request) -> Response:
-    settings, redis = _settings(request), _redis(request)
-    leader, job_list = await redis_call(settings, _jobs_state(redis, settings))
+async def jobs() -> Response:
+    leader, job_list = await redis_call(_jobs_state(client()))
     return JSONBytes({"leader": leader, "jobs": job_list})
 
 
-async def _jobs_state(redis: Redis, settings: Settings) -> tuple[dict | None, list[dict]]:
+async def _jobs_state(redis: Redis) -> tuple[dict | None, list[dict]]:
+    settings = get_settings()
     return (
         await schedule_state.read_leader(redis, settings),
         await schedule_state.read_jobs(redis, settings),

@@ -44,9 +44,11 @@ class Server:
     proc: subprocess.Popen
 
 
-def start_gunicorn(name: str, workdir: Path, redis_url: str, *extra: str) -> Server:
+def start_gunicorn(name: str, workdir: Path, redis_url: str, *extra: str,
+                   app: str = "app.main:app") -> Server:
     port = free_port()
     env = {
+        "ASGI_APP": app,
         "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "HOME": os.environ.get("HOME", "/root"),
         "REDIS_URL": redis_url,
@@ -176,7 +178,7 @@ async def main(args) -> None:
         wait_serving(redis_port, redis, None)
         servers = [
             start_gunicorn("api", workdir, redis_url),
-            start_gunicorn("default-encoder", workdir, redis_url, "bench.default_encoder:app"),
+            start_gunicorn("default-encoder", workdir, redis_url, app="bench.default_encoder:app"),
             start_gunicorn("h11-asyncio", workdir, redis_url, "-k", "uvicorn_worker.UvicornH11Worker"),
         ]
         for server in servers:

@@ -40,6 +40,8 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 10) -> Non
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8000, help="API port on 127.0.0.1")
+    parser.add_argument("--app", default="app.main:app", help="ASGI_APP (module:attribute)")
+    parser.add_argument("--jobs", default="app.jobs:jobs", help="SCHEDULER_JOBS; '' = no scheduler")
     args = parser.parse_args()
 
     redis_server = shutil.which("redis-server")
@@ -52,6 +54,8 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("API_ENV", "development")
     env.update(
+        ASGI_APP=args.app,
+        SCHEDULER_JOBS=args.jobs,
         REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         API_BIND=f"127.0.0.1:{args.port}",
         API_CONTROL_SOCKET="",
@@ -61,8 +65,9 @@ def main() -> int:
         ("redis", [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
                    "--dir", data_dir, "--save", "", "--appendonly", "no"]),
         ("api", [str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py"]),
-        ("scheduler", [sys.executable, "-m", "app.scheduler"]),
     ]
+    if args.jobs:
+        commands.append(("scheduler", [sys.executable, "-m", "vmkit.scheduler"]))
 
     stopping = False
 

@@ -20,6 +20,9 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+# The example app, as the inventory names it (deploy/ansible/roles/app/defaults/main.yml).
+EXAMPLE_APP = "app.main:app"
+EXAMPLE_JOBS = "app.jobs:jobs"
 
 T = TypeVar("T")
 
@@ -173,8 +176,8 @@ class Gunicorn(Process):
 
     def __init__(self, log_path: Path, **env: str) -> None:
         self.port = free_port()
-        settings = {"API_BIND": f"127.0.0.1:{self.port}", "API_WORKERS": "2",
-                    "API_GRACEFUL_TIMEOUT": "10", **env}
+        settings = {"ASGI_APP": EXAMPLE_APP, "API_BIND": f"127.0.0.1:{self.port}",
+                    "API_WORKERS": "2", "API_GRACEFUL_TIMEOUT": "10", **env}
         super().__init__([str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py"],
                          base_env(**settings), log_path)
 
@@ -226,4 +229,5 @@ class Gunicorn(Process):
 
 
 def scheduler_process(log_path: Path, **env: str) -> Process:
-    return Process([sys.executable, "-m", "app.scheduler"], base_env(**env), log_path)
+    return Process([sys.executable, "-m", "vmkit.scheduler"],
+                   base_env(**{"SCHEDULER_JOBS": EXAMPLE_JOBS, **env}), log_path)

@@ -36,6 +36,7 @@ class Target:
 @dataclass
 class LoadResult:
     ok: int = 0
+    posts_ok: int = 0  # 2xx answers to POST /counters/<counter>: what the counter must hold
     failures: list[str] = field(default_factory=list)
     versions: Counter = field(default_factory=Counter)
 
@@ -44,17 +45,37 @@ class LoadResult:
         return self.ok + len(self.failures)
 
 
-async def _client_loop(target: Target, path: str, stop: asyncio.Event, result: LoadResult) -> None:
+async def _get(client: httpx.AsyncClient, target: Target, path: str, result: LoadResult) -> None:
+    response = await client.get(path, extensions=target.extensions())
+    body = response.json() if response.status_code == 200 else None
+    if body is not None and body.get("status") == "ok":
+        result.ok += 1
+        result.versions[body.get("version")] += 1
+    else:
+        result.failures.append(f"GET {response.status_code}: {response.text[:200]}")
+
+
+async def _post(client: httpx.AsyncClient, target: Target, counter: str, result: LoadResult) -> None:
+    response = await client.post(f"/counters/{counter}", extensions=target.extensions())
+    if response.status_code == 200 and response.json().get("name") == counter:
+        result.ok += 1
+        result.posts_ok += 1
+    else:
+        result.failures.append(f"POST {response.status_code}: {response.text[:200]}")
+
+
+async def _client_loop(target: Target, path: str, counter: str | None, stop: asyncio.Event,
+                       result: LoadResult) -> None:
+    """Keep-alive requests until stopped: GET path, alternating with a POST to the counter."""
+    sent = 0
     async with target.client() as client:
         while not stop.is_set():
+            sent += 1
             try:
-                response = await client.get(path, extensions=target.extensions())
-                body = response.json() if response.status_code == 200 else None
-                if body is not None and body.get("status") == "ok":
-                    result.ok += 1
-                    result.versions[body.get("version")] += 1
+                if counter and sent % 2 == 0:
+                    await _post(client, target, counter, result)
                 else:
-                    result.failures.append(f"{response.status_code}: {response.text[:200]}")
+                    await _get(client, target, path, result)
             except (httpx.HTTPError, ValueError) as error:
                 result.failures.append(f"{type(error).__name__}: {error}")
 
@@ -64,18 +85,20 @@ def run_under_load(
     operation: Callable[[], object],
     *,
     path: str = "/health",
+    counter: str | None = None,
     clients: int = 16,
     min_requests: int = 3000,
     max_seconds: float = 300.0,
 ) -> tuple[LoadResult, object]:
     """Start `clients` keep-alive clients, run `operation` once they are busy, keep the load up
-    until the operation returned and at least `min_requests` were answered; return both results."""
+    until the operation returned and at least `min_requests` were answered; return both results.
+    With `counter`, every other request is POST /counters/<counter> (not idempotent)."""
     result = LoadResult()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
 
     async def drive() -> None:
-        await asyncio.gather(*(_client_loop(target, path, stop, result) for _ in range(clients)))
+        await asyncio.gather(*(_client_loop(target, path, counter, stop, result) for _ in range(clients)))
 
     thread = threading.Thread(target=loop.run_until_complete, args=(drive(),), daemon=True)
     thread.start()

@@ -30,10 +30,11 @@ def api(redis, tmp_path_factory) -> Iterator[Gunicorn]:
     server = Gunicorn(
         tmp_path_factory.mktemp("api") / "gunicorn.log",
         REDIS_URL=redis.url,
+        SCHEDULER_JOBS="app.jobs:jobs",
         API_ENV="production",
         APP_VERSION=APP_VERSION,
         CORS_ORIGINS=f"{CORS_ORIGIN}, https://other.example.test",
-        API_MAX_BODY_BYTES=str(MAX_BODY),
+        MAX_BODY_BYTES=str(MAX_BODY),
         REDIS_SOCKET_TIMEOUT="1",
         READY_HEARTBEAT_MAX_AGE="3",
     ).start()
@@ -321,14 +322,15 @@ def test_redis_outage_gives_503_then_recovers_without_restart(api, client, redis
 
 def test_logs_are_json_with_worker_ids_and_one_access_line_per_request(api, client):
     marker = "/cache/log-marker-7731"
-    client.get(marker)
+    client.get(marker, headers={"x-request-id": "req-7731"})
     lines = wait_until(
         lambda: [line for line in api.log_lines() if line.get("path") == marker], 10,
         "the access line of the marker request",
     )
     assert len(lines) == 1  # uvicorn's own access line is switched off
     access = lines[0]
-    assert access["logger"] == "app.access"
+    assert access["logger"] == "vmkit.access"
+    assert access["request_id"] == "req-7731"
     assert access["method"] == "GET"
     assert access["status"] == 404
     assert access["duration_ms"] >= 0

@@ -1,4 +1,4 @@
-"""app.redis_client.create_redis against a real redis-server, a dead port and a silent peer."""
+"""vmkit.redis.create_redis against a real redis-server, a dead port and a silent peer."""
 
 import asyncio
 import socket
@@ -9,8 +9,8 @@ from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.redis_client import create_redis
-from app.settings import Settings
+from vmkit.redis import create_redis
+from vmkit.settings import Settings
 from support import free_port
 
 

@@ -9,7 +9,7 @@ import subprocess
 import httpx
 import pytest
 
-from support import REPO, VENV_BIN, Gunicorn, base_env, free_port, wait_until
+from support import EXAMPLE_APP, REPO, VENV_BIN, Gunicorn, base_env, free_port, wait_until
 
 
 def _replaced(server: Gunicorn, count: int, gone: set[int]) -> dict[int, int]:
@@ -146,21 +146,39 @@ def _refused(port: int) -> bool:
     [
         ("API_WORKERS", "many"),
         ("API_WORKERS", "0"),
-        ("GZIP_LEVEL", "12"),
         ("API_ENV", "staging"),
+        ("ASGI_APP", "app/main.py"),
         ("LOG_LEVEL", "verbose"),
         ("REDIS_URL", "http://user:pw-canary-123@cache.example.test/0"),
     ],
 )
 def test_a_bad_setting_stops_gunicorn_naming_the_variable(tmp_path, name, value):
-    env = base_env(API_BIND=f"127.0.0.1:{free_port()}", **{name: value})
-    result = subprocess.run(
-        [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py"], cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=60,
-    )
+    result = run_gunicorn(**{"ASGI_APP": EXAMPLE_APP, name: value})
     assert result.returncode == 2
     assert f"invalid environment variable {name}=" in result.stderr
     assert "pw-canary-123" not in result.stderr + result.stdout
+
+
+def run_gunicorn(**env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py"], cwd=REPO,
+        env=base_env(API_BIND=f"127.0.0.1:{free_port()}", **env),
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_without_asgi_app_gunicorn_says_which_setting_names_the_app():
+    result = run_gunicorn()
+    assert result.returncode != 0
+    assert "ASGI_APP is not set" in result.stderr
+
+
+def test_a_bad_setting_of_the_app_stops_its_workers_naming_the_variable():
+    # The app's own settings are read when a worker imports the app: gunicorn stops with
+    # "worker failed to boot" (exit 3) and the worker's message.
+    result = run_gunicorn(ASGI_APP=EXAMPLE_APP, GZIP_LEVEL="12", API_WORKERS="1")
+    assert result.returncode == 3
+    assert "invalid environment variable GZIP_LEVEL='12'" in result.stdout + result.stderr
 
 
 def test_starts_and_stays_live_while_redis_is_down(tmp_path):
@@ -178,17 +196,27 @@ def test_starts_and_stays_live_while_redis_is_down(tmp_path):
         server.stop()
 
 
+H11_WORKER = """
+from vmkit.worker import Worker
+
+class H11Worker(Worker):
+    CONFIG_KWARGS = {"loop": "asyncio", "http": "h11"}
+"""
+
+
 def test_a_fallback_runtime_is_reported_and_logged_as_an_error_in_production(tmp_path, redis_server):
-    # The asyncio + h11 worker stands in for a release whose uvloop / httptools wheels are broken.
+    # An asyncio + h11 worker stands in for a release whose uvloop / httptools wheels are broken.
+    (tmp_path / "h11_worker.py").write_text(H11_WORKER)
     server = Gunicorn(tmp_path / "gunicorn.log", REDIS_URL=redis_server.url, API_ENV="production",
-                      GUNICORN_CMD_ARGS="--worker-class uvicorn_worker.UvicornH11Worker").start()
+                      PYTHONPATH=str(tmp_path),
+                      GUNICORN_CMD_ARGS="--worker-class h11_worker.H11Worker").start()
     try:
         server.wait_serving()
         assert httpx.get(f"{server.url}/health", timeout=10).json()["runtime"] == {
             "loop": "asyncio", "http": "h11",
         }
         errors = [line for line in server.log_lines()
-                  if line["level"] == "error" and line["logger"] == "app.runtime"]
+                  if line["level"] == "error" and line["logger"] == "vmkit.runtime"]
         assert {(line["loop"], line["http"]) for line in errors} == {("asyncio", "h11")}
     finally:
         server.stop()

@@ -1,4 +1,5 @@
-"""The scheduler daemon against a real redis-server: real `python -m app.scheduler` processes.
+"""The scheduler daemon against a real redis-server: real `python -m vmkit.scheduler` processes
+running the example app's job list (SCHEDULER_JOBS=app.jobs:jobs) or one written by a test.
 
 Every daemon runs with a 1 s tick and a short lease TTL. Each test gets its own password-
 protected redis-server (the outage test stops and restarts it on the same port), and the
@@ -16,24 +17,25 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 import redis
-from support import Process, RedisServer, base_env, scheduler_process, wait_until
+from support import Process, RedisServer, scheduler_process, wait_until
 
-from app import schedule_state
-from app.lease import Lease
-from app.redis_client import create_redis
-from app.settings import Settings
+from vmkit.redis import create_redis
+from vmkit.scheduler import state as schedule_state
+from vmkit.scheduler.lease import Lease
+from vmkit.settings import Settings
 
 TICK = 1.0
 
-# The daemon with one extra job, "slow", that is still running when the tests send SIGTERM.
-SLOW_SCHEDULER = textwrap.dedent("""
+# A job list with one extra job, "slow", that is still running when the tests send SIGTERM.
+SLOW_JOBS = textwrap.dedent("""
     import asyncio
-    from app import jobs, scheduler
+    from vmkit.scheduler import Job
+    from app.jobs import jobs as example_jobs
 
     async def slow(ctx):
         await asyncio.sleep({seconds})
 
-    scheduler.main(lambda settings: [*jobs.declare(settings), jobs.Job("slow", slow, {interval})])
+    jobs = [*example_jobs, Job("slow", slow, {interval})]
     """)
 
 
@@ -46,11 +48,11 @@ def redis_instance(tmp_path):
 
 @pytest.fixture
 def spawn(tmp_path, redis_instance):
-    """spawn(count, code=None, **settings) starts scheduler daemons (`python -c code` if given);
-    any still running at the end are stopped."""
+    """spawn(count, jobs_source=None, **settings) starts scheduler daemons, running the job list
+    `jobs` of a module with jobs_source if given; any still running at the end are stopped."""
     started: list[Process] = []
 
-    def start(count: int = 1, code: str | None = None, **overrides) -> list[Process]:
+    def start(count: int = 1, jobs_source: str | None = None, **overrides) -> list[Process]:
         env = {
             "REDIS_URL": redis_instance.url,
             "SCHEDULER_TICK_SECONDS": str(TICK),
@@ -60,14 +62,12 @@ def spawn(tmp_path, redis_instance):
             "LOG_LEVEL": "info",
             **{key.upper(): str(value) for key, value in overrides.items()},
         }
+        if jobs_source:
+            (tmp_path / "test_jobs.py").write_text(jobs_source)
+            env.update(SCHEDULER_JOBS="test_jobs:jobs", PYTHONPATH=str(tmp_path))
         daemons = []
         for _ in range(count):
-            log_path = tmp_path / f"scheduler-{len(started)}.log"
-            daemon = (
-                Process([sys.executable, "-c", code], base_env(**env), log_path)
-                if code
-                else scheduler_process(log_path, **env)
-            )
+            daemon = scheduler_process(tmp_path / f"scheduler-{len(started)}.log", **env)
             started.append(daemon.start())
             daemons.append(daemon)
         return daemons
@@ -226,7 +226,7 @@ def _running_slow_run(client: redis.Redis, fence: int) -> dict | None:
 def test_sigterm_lets_the_running_job_finish_then_releases_the_lease(spawn, redis_instance):
     ttl = 6.0
     client = client_of(redis_instance)
-    daemons = spawn(2, code=SLOW_SCHEDULER.format(seconds=1.5, interval=2), scheduler_lease_ttl=ttl)
+    daemons = spawn(2, jobs_source=SLOW_JOBS.format(seconds=1.5, interval=2), scheduler_lease_ttl=ttl)
     holder = wait_until(lambda: leader(client), 10, "a leader")
     leading = next(daemon for daemon in daemons if daemon.pid == leader_pid(client))
     standby = next(daemon for daemon in daemons if daemon is not leading)
@@ -262,7 +262,7 @@ def test_sigterm_lets_the_running_job_finish_then_releases_the_lease(spawn, redi
 def test_drain_timeout_cancels_a_job_that_runs_too_long(spawn, redis_instance):
     client = client_of(redis_instance)
     [daemon] = spawn(
-        1, code=SLOW_SCHEDULER.format(seconds=30, interval=2), scheduler_drain_timeout=0.5
+        1, jobs_source=SLOW_JOBS.format(seconds=30, interval=2), scheduler_drain_timeout=0.5
     )
     holder = wait_until(lambda: leader(client), 10, "a leader")
     running = wait_until(

@@ -53,8 +53,9 @@ class Rendered:
         return self.root / "nginx" / "nginx.conf"
 
 
-def render(root: Path, **overrides: object) -> Rendered:
-    """Render every template of the deployment into root with ansible-playbook (tests/static/render.yml)."""
+def render(root: Path, groups: tuple[str, ...] = ("api", "scheduler", "redis"), **overrides: object) -> Rendered:
+    """Render every template of the deployment into root with ansible-playbook (tests/static/render.yml),
+    for a host in the given inventory groups; overrides are extra vars."""
     nginx_dir = root / "nginx"
     for sub in ("units", "nginx/sites-enabled", "nginx/conf.d", "nginx/modules-enabled", "log"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -63,11 +64,15 @@ def render(root: Path, **overrides: object) -> Rendered:
         "nginx_log_dir": str(root / "log"),
         "nginx_server_name": SERVER_NAME,
         "nginx_build": {"stderr": nginx_build_info()},
-        "api_redis_password": REDIS_PASSWORD,
+        "redis_password": REDIS_PASSWORD,
+        "app_release": {"version": "9.9.9", "release_id": "9.9.9-static"},
         **overrides,
     }
     (root / "vars.json").write_text(json.dumps(variables))
-    result = run(VENV_BIN / "ansible-playbook", "-i", "localhost,", "-c", "local",
+    inventory = root / "inventory"
+    inventory.write_text("localhost ansible_connection=local\n"
+                         + "".join(f"[{group}]\nlocalhost\n" for group in groups))
+    result = run(VENV_BIN / "ansible-playbook", "-i", inventory,
                  Path(__file__).with_name("render.yml"), "-e", f"@{root / 'vars.json'}",
                  env={"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"})
     assert result.returncode == 0, result.stdout + result.stderr

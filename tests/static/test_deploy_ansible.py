@@ -1,13 +1,15 @@
 """The playbooks and roles: ansible-lint (production profile), syntax checks, the input validation
 that runs before anything changes, and the rule that every role variable is documented once."""
 
+import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from deploy_static import ANSIBLE_DIR, VENV_BIN, run
+from deploy_static import ANSIBLE_DIR, DEPLOY, REPO, VENV_BIN, run
 
 PLAYBOOKS = ("site.yml", "deploy.yml", "rollback.yml")
 INVENTORIES = ("production.example", "vagrant/hosts.ini")
@@ -48,12 +50,12 @@ def unreachable_inventory(tmp_path) -> Path:
 
 def test_site_names_every_bad_variable_in_its_first_task_and_changes_nothing(unreachable_inventory):
     result = playbook("-i", unreachable_inventory, "site.yml", "-e", "nginx_tls_mode=bogus",
-                      "-e", "nginx_server_name=Not_A_Name", "-e", "app_keep_releases=1", "-e", "api_keepalive=1",
+                      "-e", "nginx_server_name=Not_A_Name", "-e", "app_keep_releases=1", "-e", "app_keepalive=1",
                       "-e", "redis_maxmemory_policy=sometimes")
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert output.count("TASK [") == 1 and "TASK [Validate the inventory]" in output
-    for variable in ("nginx_tls_mode", "nginx_server_name", "app_keep_releases", "api_keepalive",
+    for variable in ("nginx_tls_mode", "nginx_server_name", "app_keep_releases", "app_keepalive",
                      "redis_maxmemory_policy", "nginx_upstream_keepalive_timeout"):
         assert variable in output
     assert recap(output) == {"ok": 0, "changed": 0, "unreachable": 0, "failed": 1,
@@ -77,8 +79,69 @@ def test_site_passes_validation_with_a_good_inventory(unreachable_inventory):
     assert (unreachable_inventory.parent / "credentials" / "redis_password").is_file()
 
 
+def test_site_names_every_bad_project_setting(unreachable_inventory, tmp_path):
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "pyproject.toml").write_text("[project]\nname = 'shop'\n")
+    bad = {"app_project_dir": str(tmp_path / "project"), "app_asgi_app": "shop.web", "app_scheduler_jobs": "shop jobs",
+           "app_health_path": "livez", "app_ready_path": "/ready now", "app_release_hooks": "make migrate"}
+    result = playbook("-i", unreachable_inventory, "site.yml", "-e", json.dumps(bad))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and output.count("TASK [") == 1, output
+    message = output[output.index("Fix these variables"):]
+    for variable in bad:
+        assert variable in message, variable
+    # The project directory is named with what it lacks.
+    assert "requirements.lock" in message and str(tmp_path / "project") in message
+
+
+@pytest.mark.parametrize("hooks", [["alembic upgrade head", 3], ["alembic upgrade head", " "], {"a": "b"}])
+def test_release_hooks_must_be_a_list_of_commands(unreachable_inventory, hooks):
+    result = playbook("-i", unreachable_inventory, "site.yml", "-e", json.dumps({"app_release_hooks": hooks}))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and output.count("TASK [") == 1, output
+    assert "app_release_hooks must be a list" in output
+
+
+def test_another_project_passes_validation(unreachable_inventory, tmp_path):
+    (tmp_path / "shop").mkdir()
+    for name in ("pyproject.toml", "requirements.lock"):
+        (tmp_path / "shop" / name).write_text("")
+    good = {"app_project_dir": str(tmp_path / "shop"), "app_asgi_app": "shop.web:api", "app_scheduler_jobs": "",
+            "app_health_path": "/livez", "app_ready_path": "/_/ready", "app_release_hooks": ["python -m shop.migrate"]}
+    result = playbook("-i", unreachable_inventory, "site.yml", "-e", json.dumps(good))
+    output = result.stdout + result.stderr
+    assert "TASK [Gather facts]" in output and recap(output)["failed"] == 0, output
+
+
+@pytest.fixture
+def inventory_without_redis(tmp_path) -> Path:
+    """An API host and no host in group redis."""
+    inventory = tmp_path / "no-redis" / "inventory"
+    inventory.parent.mkdir()
+    inventory.write_text(
+        "[api]\nh1 ansible_host=127.0.0.1 ansible_port=1 ansible_user=deploy nginx_server_name=h1.static.test\n"
+        "[scheduler]\nh1\n")
+    return inventory
+
+
+def test_a_scheduler_needs_a_redis_host(inventory_without_redis):
+    result = playbook("-i", inventory_without_redis, "site.yml")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and output.count("TASK [") == 1, output
+    assert "app_scheduler_jobs needs Redis" in output
+
+
+def test_an_app_without_scheduler_deploys_without_redis(inventory_without_redis):
+    result = playbook("-i", inventory_without_redis, "site.yml", "-e", '{"app_scheduler_jobs": ""}')
+    output = result.stdout + result.stderr
+    # Validation passes; no Redis password is settled or generated.
+    assert "TASK [Gather facts]" in output, output
+    assert (recap(output)["ok"], recap(output)["skipped"], recap(output)["unreachable"]) == (1, 1, 1), output
+    assert not (inventory_without_redis.parent / "credentials").exists()
+
+
 def test_deploy_and_rollback_validate_first(unreachable_inventory):
-    for name, bad in (("deploy.yml", "app_version=not a version"), ("rollback.yml", "api_keepalive=0")):
+    for name, bad in (("deploy.yml", "app_version=not a version"), ("rollback.yml", "app_keepalive=0")):
         result = playbook("-i", unreachable_inventory, name, "-e", f'{{"{bad.split("=")[0]}": "{bad.split("=")[1]}"}}')
         output = result.stdout + result.stderr
         assert result.returncode != 0 and output.count("TASK [") == 1, output
@@ -104,3 +167,27 @@ def test_no_variable_is_defined_in_two_roles():
             seen[name] = role
     # ... and nothing else defines role variables behind the defaults' back.
     assert not list((ANSIBLE_DIR / "roles").glob("*/vars/*"))
+
+
+def test_roles_reach_the_templates_only_through_their_templates_links():
+    """deploy/systemd and deploy/nginx stay readable without Ansible; the app and nginx roles see
+    them as their own templates/ (a relative symlink), and nothing climbs out of a role instead."""
+    roles = ANSIBLE_DIR / "roles"
+    assert (roles / "app" / "templates").readlink() == Path("../../../systemd")
+    assert (roles / "nginx" / "templates").readlink() == Path("../../../nginx")
+    assert (roles / "app" / "templates").resolve() == DEPLOY / "systemd"
+    assert (roles / "nginx" / "templates").resolve() == DEPLOY / "nginx"
+    reaches = subprocess.run(["git", "grep", "--untracked", "-n", "-F", "-e", "role_path }}/..", "--", "deploy"],
+                             cwd=REPO, capture_output=True, text=True)
+    assert reaches.stdout == ""
+
+
+def test_only_the_app_role_defaults_name_the_example_app():
+    """The kit deploys any project: its modules are named once, as the defaults of the seam."""
+    found = subprocess.run(
+        ["git", "grep", "--untracked", "-n", "-F", "-e", "app.main", "-e", "app.scheduler", "-e", "app.jobs",
+         "-e", '"app"', "--", "deploy", "gunicorn.conf.py"],
+        cwd=REPO, capture_output=True, text=True)
+    assert found.returncode in (0, 1), found.stderr
+    files = {line.split(":", 1)[0] for line in found.stdout.splitlines()}
+    assert files == {"deploy/ansible/roles/app/defaults/main.yml"}, found.stdout

@@ -5,7 +5,7 @@ import socket
 import subprocess
 from urllib.parse import quote
 
-from deploy_static import REDIS_PASSWORD, env_file, run, tool
+from deploy_static import REDIS_PASSWORD, env_file, render, run, tool
 from support import free_port, stop_process, wait_until
 
 
@@ -70,3 +70,24 @@ def test_api_env_points_the_services_at_redis_with_the_password(rendered):
     # Only nginx (and root) can reach the socket, so the forwarded headers are trusted from it.
     assert env["API_FORWARDED_ALLOW_IPS"] == "*"
     assert "API_CONTROL_SOCKET" not in env and "API_BIND" not in env
+
+
+def test_api_env_names_the_project_and_the_probe_paths(rendered):
+    env = env_file(rendered.text("api.env"))
+    # The role defaults: the example app of this repository.
+    assert (env["ASGI_APP"], env["SCHEDULER_JOBS"]) == ("app.main:app", "app.jobs:jobs")
+    assert (env["HEALTH_PATH"], env["READY_PATH"]) == ("/health", "/ready")
+    # CORS is a setting of the example app, not of the kit.
+    assert "CORS_ORIGINS" not in env
+
+
+def test_api_env_of_another_project_without_redis_or_scheduler(tmp_path):
+    out = render(tmp_path, groups=("api",), app_asgi_app="shop.web:api", app_scheduler_jobs="",
+                 app_health_path="/livez", app_ready_path="/readyz",
+                 app_extra_env={"CORS_ORIGINS": "https://a.example", "SHOP_NAME": 'say "hi"'})
+    env = env_file(out.text("api.env"))
+    assert (env["ASGI_APP"], env["SCHEDULER_JOBS"]) == ("shop.web:api", "")
+    assert (env["HEALTH_PATH"], env["READY_PATH"]) == ("/livez", "/readyz")
+    # No host in group redis: no Redis URL (and no password generated for it).
+    assert env["REDIS_URL"] == ""
+    assert env["CORS_ORIGINS"] == "https://a.example" and env["SHOP_NAME"] == 'say "hi"'

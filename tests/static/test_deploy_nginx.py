@@ -2,8 +2,9 @@
 zero-downtime restarts and the TLS policy depend on."""
 
 import re
+import shutil
 
-from deploy_static import SERVER_NAME, env_file, render, run, tool
+from deploy_static import SERVER_NAME, env_file, make_throwaway_cert, render, run, tool
 
 MOZILLA_INTERMEDIATE_CIPHERS = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
@@ -107,3 +108,25 @@ def test_newer_nginx_and_openssl_get_http2_on_and_the_hybrid_group(tmp_path):
     assert "http2" not in " ".join(directives(site, "listen"))
     assert directives(site, "http2") == ["on", "on"]
     assert directives(main, "ssl_ecdh_curve") == ["X25519MLKEM768:X25519:prime256v1:secp384r1"]
+
+
+def locations(server: str) -> dict[str, str]:
+    """`location <match> { ... }` blocks of a server: match -> body."""
+    found = re.finditer(r"^\s*location\s+([^{\n]+)\{", server, re.MULTILINE)
+    return {m.group(1).strip(): block(server, m.group(0)) for m in found}
+
+
+def test_probe_paths_are_proxied_without_the_rate_limit(rendered, tmp_path):
+    custom = render(tmp_path, app_health_path="/livez", app_ready_path="/_/ready")
+    shutil.copy("/etc/nginx/mime.types", custom.root / "nginx" / "mime.types")
+    make_throwaway_cert(custom.root / "nginx" / "tls", SERVER_NAME)
+    assert nginx_test(custom.nginx_conf) == ""
+    for out, probes in ((rendered, ("/health", "/ready")), (custom, ("/livez", "/_/ready"))):
+        site = out.text("nginx/sites-enabled/api.conf")
+        server = site[site.index(f"server_name {SERVER_NAME};", site.index("listen 443 ssl http2;")):]
+        found = locations(server)
+        assert set(found) == {"/", *(f"= {path}" for path in probes)}
+        for path in probes:
+            assert directives(found[f"= {path}"], "proxy_pass") == ["http://api_backend"]
+            assert directives(found[f"= {path}"], "limit_req") == []
+        assert directives(found["/"], "limit_req") == ["zone=api burst=100 nodelay"]

@@ -1,8 +1,8 @@
-"""The release bundle the app role builds on the controller (roles/app/files/build_release.py):
-content-addressed ids, one real wheel build per id, the bundle the hosts install from."""
+"""The release bundle the app role builds on the controller (roles/app/files/build_release.py): the
+project's wheel (any layout, any package name) and the kit runtime's wheel, ids that hash what the
+hosts install, one bundle per id, and clear errors for a project that is not deployable."""
 
 import json
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,53 +15,123 @@ from deploy_static import ANSIBLE_DIR, REPO
 BUILD = ANSIBLE_DIR / "roles" / "app" / "files" / "build_release.py"
 
 
-def build(source: Path, cache: Path, version: str = "") -> dict:
-    result = subprocess.run([sys.executable, BUILD, f"--source={source}", f"--version={version}",
-                             f"--cache={cache}"], capture_output=True, text=True, timeout=300)
+def run_build(project: Path, cache: Path, *, kit: Path | None = None, version: str = "") -> subprocess.CompletedProcess:
+    args = [sys.executable, BUILD, f"--project={project}", f"--version={version}", f"--cache={cache}"]
+    if kit:
+        args.append(f"--kit={kit}")
+    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+
+def build(project: Path, cache: Path, **kwargs) -> dict:
+    result = run_build(project, cache, **kwargs)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
+def members(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as zf:
+        return zf.namelist()
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory) -> Path:
+    """A small stand-in for the kit: runtime/ (distribution vmkit, another build backend) and
+    gunicorn.conf.py."""
+    root = tmp_path_factory.mktemp("kit")
+    (root / "runtime" / "vmkit").mkdir(parents=True)
+    (root / "runtime" / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["flit_core>=3.9,<4"]\nbuild-backend = "flit_core.buildapi"\n'
+        '[project]\nname = "vmkit"\nversion = "0.9.0"\ndescription = "stand-in runtime"\n')
+    (root / "runtime" / "vmkit" / "__init__.py").write_text('"""stand-in runtime"""\n')
+    (root / "gunicorn.conf.py").write_text("# stand-in\n")
+    return root
+
+
+def make_project(root: Path) -> Path:
+    """A src/-layout project whose package is not called like the example's, plus noise that must not
+    count: caches, build output of an earlier in-place build, files outside the package."""
+    (root / "src" / "shop").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=77"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "shop-service"\nversion = "1.4.0"\ndependencies = ["fastapi"]\n')
+    (root / "src" / "shop" / "__init__.py").write_text("")
+    (root / "src" / "shop" / "web.py").write_text("api = object()\n")
+    (root / "requirements.lock").write_text("fastapi==0.115.0 --hash=sha256:00\n")
+    (root / "src" / "shop" / "__pycache__").mkdir()
+    (root / "src" / "shop" / "__pycache__" / "web.cpython-311.pyc").write_bytes(b"noise")
+    (root / "build" / "lib" / "shop").mkdir(parents=True)
+    (root / "build" / "lib" / "shop" / "stale.py").write_text("# from an old in-place build\n")
+    (root / "notes.txt").write_text("not part of a release")
+    return root
+
+
 @pytest.fixture
-def source(tmp_path) -> Path:
-    """A copy of the project files a release is made of, plus noise that must not count."""
-    src = tmp_path / "src"
-    shutil.copytree(REPO / "app", src / "app", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "requirements.lock", "gunicorn.conf.py", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    (src / "app" / "__pycache__").mkdir()
-    (src / "app" / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"noise")
-    (src / "notes.txt").write_text("not part of a release")
-    return src
+def project(tmp_path) -> Path:
+    return make_project(tmp_path / "shop")
 
 
-def test_same_sources_same_release_built_once(source, tmp_path):
-    cache = tmp_path / "cache"
-    first = build(source, cache)
-    assert first["built"] and first["release_id"].startswith("0.1.0-")
-    bundle = Path(first["bundle"])
-    assert sorted(p.name for p in bundle.iterdir()) == sorted([first["wheel"], "gunicorn.conf.py", "requirements.lock"])
-    with zipfile.ZipFile(bundle / first["wheel"]) as wheel:
-        assert "app/main.py" in wheel.namelist()
-        assert not [n for n in wheel.namelist() if n.endswith(".pyc")]
-
-    (source / "notes.txt").write_text("changed, still not part of a release")
-    again = build(source, cache)
-    assert again == {**first, "built": False}
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, kit) -> tuple[Path, Path, dict]:
+    """(project, cache, result) of the first build of a fresh project."""
+    root = tmp_path_factory.mktemp("first")
+    project, cache = make_project(root / "shop"), root / "cache"
+    return project, cache, build(project, cache, kit=kit)
 
 
-def test_any_release_input_gives_a_new_id(source, tmp_path):
-    cache = tmp_path / "cache"
-    base = build(source, cache)["release_id"]
-    assert build(source, cache, version="2.0.0")["release_id"].startswith("2.0.0-")
-    with (source / "app" / "main.py").open("a") as f:
-        f.write("\n# a change\n")
-    assert build(source, cache)["release_id"] != base
+def test_a_src_layout_project_builds_once_per_id(first, kit):
+    project, cache, release = first
+    assert release["built"] and release["version"] == "1.4.0" and release["release_id"].startswith("1.4.0-")
+    bundle = Path(release["bundle"])
+    assert bundle.parent == cache
+    assert release["project_wheel"].startswith("shop_service-1.4.0-")
+    assert release["runtime_wheel"].startswith("vmkit-0.9.0-")
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(
+        [release["project_wheel"], release["runtime_wheel"], "gunicorn.conf.py", "requirements.lock"])
+    # Whatever the project's build backend packages is what the hosts install.
+    shop = members(bundle / release["project_wheel"])
+    assert "shop/web.py" in shop and not [n for n in shop if n.endswith(".pyc") or "stale" in n]
+    assert "vmkit/__init__.py" in members(bundle / release["runtime_wheel"])
+    assert (bundle / "requirements.lock").read_bytes() == (project / "requirements.lock").read_bytes()
+    assert (bundle / "gunicorn.conf.py").read_bytes() == (kit / "gunicorn.conf.py").read_bytes()
+    # The working trees get no build output.
+    assert not list(project.rglob("*.egg-info")) and not (kit / "runtime" / "build").exists()
+
+    # Rebuilt wheels differ in their zip bytes (timestamps), not in their contents: same id, and the
+    # bundle built first stays, byte for byte.
+    wheel_bytes = (bundle / release["project_wheel"]).read_bytes()
+    (project / "notes.txt").write_text("changed, still not part of a release")
+    again = build(project, cache, kit=kit)
+    assert again == {**release, "built": False}
+    assert (bundle / release["project_wheel"]).read_bytes() == wheel_bytes
+    assert sorted(p.name for p in cache.iterdir()) == [bundle.name]
 
 
-def test_a_tree_without_the_release_files_is_refused(tmp_path):
-    (tmp_path / "app").mkdir()
-    result = subprocess.run([sys.executable, BUILD, f"--source={tmp_path}", f"--cache={tmp_path / 'c'}"],
-                            capture_output=True, text=True, timeout=60)
+def test_a_changed_source_file_gives_a_new_id(first, project, kit, tmp_path):
+    with (project / "src" / "shop" / "web.py").open("a") as f:
+        f.write("# a change\n")
+    changed = build(project, tmp_path / "cache", kit=kit)["release_id"]
+    assert changed.startswith("1.4.0-") and changed != first[2]["release_id"]
+
+
+def test_the_example_project_builds_with_the_real_kit(tmp_path):
+    """The repository root is the example project; --kit defaults to the kit the script lives in."""
+    release = build(REPO, tmp_path / "cache")
+    bundle = Path(release["bundle"])
+    assert "app/main.py" in members(bundle / release["project_wheel"])
+    assert release["runtime_wheel"].startswith("vmkit-")
+    assert any(name.startswith("vmkit/scheduler/") for name in members(bundle / release["runtime_wheel"]))
+
+
+@pytest.mark.parametrize("missing", ["requirements.lock", "pyproject.toml"])
+def test_a_project_without_its_files_is_refused_by_name(project, kit, tmp_path, missing):
+    (project / missing).unlink()
+    result = run_build(project, tmp_path / "cache", kit=kit)
     assert result.returncode != 0
-    assert "requirements.lock" in result.stderr and "gunicorn.conf.py" in result.stderr
+    assert f"app_project_dir ({project}) has no {missing}" in result.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_kit_without_its_runtime_is_refused(project, tmp_path):
+    result = run_build(project, tmp_path / "cache", kit=tmp_path / "nokit")
+    assert result.returncode != 0
+    assert "runtime/pyproject.toml" in result.stderr and "gunicorn.conf.py" in result.stderr

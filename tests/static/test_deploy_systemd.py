@@ -94,8 +94,8 @@ def test_api_service_runs_gunicorn_of_the_current_release(rendered):
     unit = unit_settings(rendered.text("units/api.service"))
     assert unit["Requires"] == ["api.socket"] and "api.socket" in unit["After"][0].split()
     assert unit["Type"] == ["notify"]
-    assert unit["ExecStart"] == [
-        "/srv/api/current/venv/bin/gunicorn --config /srv/api/current/gunicorn.conf.py app.main:app"]
+    # The app to serve is ASGI_APP in api.env: the unit names no project module.
+    assert unit["ExecStart"] == ["/srv/api/current/venv/bin/gunicorn --config /srv/api/current/gunicorn.conf.py"]
     assert unit["EnvironmentFile"] == ["/etc/api/api.env", "/srv/api/current/release.env"]
     assert unit["User"] == ["api"] and unit["Group"] == ["api"]
     assert unit["ExecReload"] == ["/bin/kill -s HUP $MAINPID"]
@@ -107,7 +107,8 @@ def test_api_service_runs_gunicorn_of_the_current_release(rendered):
 
 def test_scheduler_service_runs_the_current_release_and_always_comes_back(rendered):
     unit = unit_settings(rendered.text("units/api-scheduler.service"))
-    assert unit["ExecStart"] == ["/srv/api/current/venv/bin/python -m app.scheduler"]
+    # The kit's daemon; the jobs it runs are SCHEDULER_JOBS in api.env.
+    assert unit["ExecStart"] == ["/srv/api/current/venv/bin/python -m vmkit.scheduler"]
     assert unit["EnvironmentFile"] == ["/etc/api/api.env", "/srv/api/current/release.env"]
     assert unit["Restart"] == ["always"] and int(unit["RestartSec"][0]) <= 5
 

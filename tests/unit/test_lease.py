@@ -2,9 +2,9 @@
 
 from datetime import UTC, datetime, timedelta
 
-from app.jobs import Job
-from app.lease import Backoff
-from app.scheduler import latest_fire_time, trigger_for
+from vmkit.scheduler.jobs import Job
+from vmkit.scheduler.lease import Backoff
+from vmkit.scheduler.daemon import latest_fire_time, trigger_for
 
 
 def test_backoff_doubles_up_to_the_cap_and_resets():

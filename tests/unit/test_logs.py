@@ -4,7 +4,7 @@ import json
 import logging
 import sys
 
-from app.logs import JsonFormatter
+from vmkit.logs import JsonFormatter
 
 
 def _record(**extra) -> logging.LogRecord:

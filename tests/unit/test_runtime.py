@@ -6,16 +6,21 @@ import logging
 import pytest
 import uvloop
 from uvicorn.config import Config
-from uvicorn.lifespan.on import LifespanOn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app import runtime
+from vmkit import runtime
+
+
+class DrainingHttpTools(HttpToolsProtocol):
+    """A protocol of the kit's own would extend uvicorn's; it is named after what it extends."""
 
 
 def test_parser_names_come_from_uvicorn_protocol_classes():
     assert runtime.http_name(HttpToolsProtocol) == "httptools"
     assert runtime.http_name(H11Protocol) == "h11"
+    assert runtime.http_name(DrainingHttpTools) == "httptools"
+    assert runtime.http_name(object) == runtime.UNKNOWN
 
 
 async def _asgi_app(scope, receive, send):
@@ -23,16 +28,16 @@ async def _asgi_app(scope, receive, send):
 
 
 @pytest.mark.parametrize("http", ["h11", "httptools"])
-def test_parser_from_the_receive_of_uvicorns_lifespan(http):
-    lifespan = LifespanOn(Config(app=_asgi_app, http=http))
-    assert runtime.http_name_from_lifespan(lifespan.receive) == http
+def test_parser_from_the_config_the_worker_runs(monkeypatch, http):
+    config = Config(app=_asgi_app, http=http)
+    config.load()
+    monkeypatch.setattr(runtime, "server_config", config)
+    assert runtime.current_http() == http
 
 
-def test_parser_is_unknown_under_another_server():
-    async def plain_receive():
-        return {}
-
-    assert runtime.http_name_from_lifespan(plain_receive) == runtime.UNKNOWN
+def test_parser_is_unknown_under_another_server(monkeypatch):
+    monkeypatch.setattr(runtime, "server_config", None)
+    assert runtime.current_http() == runtime.UNKNOWN
 
 
 def test_loop_names():
@@ -44,7 +49,7 @@ def test_loop_names():
 
 
 def test_fallback_is_an_error_in_production_only(caplog):
-    caplog.set_level(logging.INFO, logger="app.runtime")
+    caplog.set_level(logging.INFO, logger="vmkit.runtime")
     fallback = runtime.Runtime(loop="asyncio", http="h11", worker_id=0, pid=1)
     runtime.report(fallback, production=True)
     runtime.report(fallback, production=False)

@@ -3,7 +3,7 @@
 import os
 from types import SimpleNamespace
 
-from app import worker_ids
+from vmkit import worker_ids
 
 
 class Arbiter:

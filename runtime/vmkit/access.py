@@ -1,20 +1,30 @@
-"""One JSON access line per HTTP request, with its duration (uvicorn's own access log has none)."""
+"""One JSON access line per HTTP request, with its duration and request id (uvicorn's own access
+log has neither). The kit's worker wraps every app in it, outermost, so the duration covers the
+app's own middleware too."""
 
 import logging
+import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-log = logging.getLogger("app.access")
+log = logging.getLogger("vmkit.access")
+
+# nginx passes the client's X-Request-ID or its own; anything else is not trusted into the logs.
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            return value.decode() if _REQUEST_ID.match(value) else None
+    return None
 
 
 class AccessLog:
-    """Pure ASGI middleware, outermost of ours so the duration covers compression too.
-
-    Logs method, path (never the query string, which may carry tokens), status, response bytes and
-    duration; never headers or bodies. A request that raises is logged as 500 and re-raised for
-    Starlette's error handler.
-    """
+    """Logs method, path (never the query string, which may carry tokens), status, response bytes,
+    duration and request id; never other headers or bodies. A request that raises is logged as
+    500 and re-raised for the server's error handling."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -49,5 +59,6 @@ class AccessLog:
                     "bytes": sent_bytes,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                     "client": client[0] if client else None,
+                    "request_id": request_id(scope),
                 },
             )

@@ -2,25 +2,26 @@
 
 uvicorn picks both at run time ("auto" falls back to asyncio / h11 when uvloop / httptools cannot
 be imported), so a broken wheel would silently cost throughput. The loop is read from the running
-loop. For the parser the ASGI spec offers nothing, so the lifespan `receive` callable is used, as
-uvicorn hands it over (app.main.Api captures it before FastAPI wraps it): it is a bound method of
-uvicorn's lifespan object, whose `config.http_protocol_class` is the class uvicorn instantiates
-for every connection.
+loop; the parser from the uvicorn Config the kit's worker (vmkit.worker) runs with, whose
+`http_protocol_class` is the class uvicorn instantiates for every connection.
 """
 
 import asyncio
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from app import worker_ids
+from vmkit import worker_ids
 
 log = logging.getLogger(__name__)
 
 EXPECTED_LOOP = "uvloop"
 EXPECTED_HTTP = "httptools"
 UNKNOWN = "unknown"
+
+# Set by vmkit.worker before uvicorn starts; a process served otherwise (a plain `uvicorn app`
+# run) has none, and its parser is reported as unknown.
+server_config = None
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,17 @@ def loop_name(loop: asyncio.AbstractEventLoop) -> str:
 
 
 def http_name(protocol_class: type) -> str:
-    """uvicorn.protocols.http.httptools_impl -> "httptools", ...h11_impl -> "h11"."""
-    module = protocol_class.__module__.rsplit(".", 1)[-1]
-    return module.removesuffix("_impl") if module.endswith("_impl") else module
+    """uvicorn.protocols.http.httptools_impl -> "httptools", ...h11_impl -> "h11"; a subclass
+    (the kit's draining protocol) is named after the uvicorn class it extends."""
+    for cls in protocol_class.__mro__:
+        module = cls.__module__.rsplit(".", 1)[-1]
+        if cls.__module__.startswith("uvicorn.") and module.endswith("_impl"):
+            return module.removesuffix("_impl")
+    return UNKNOWN
 
 
-def http_name_from_lifespan(receive: Callable) -> str:
-    config = getattr(getattr(receive, "__self__", None), "config", None)
-    protocol_class = getattr(config, "http_protocol_class", None)
+def current_http() -> str:
+    protocol_class = getattr(server_config, "http_protocol_class", None)
     return http_name(protocol_class) if isinstance(protocol_class, type) else UNKNOWN
 
 
@@ -56,10 +60,10 @@ def current_worker_id() -> int:
     return int(os.environ.get(worker_ids.ENV_VAR, "0"))
 
 
-def detect(http_impl: str) -> Runtime:
+def detect() -> Runtime:
     return Runtime(
         loop=loop_name(asyncio.get_running_loop()),
-        http=http_impl,
+        http=current_http(),
         worker_id=current_worker_id(),
         pid=os.getpid(),
     )

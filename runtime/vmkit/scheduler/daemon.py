@@ -1,9 +1,10 @@
-"""The scheduler daemon (api-scheduler.service): python -m app.scheduler
+"""The scheduler daemon (api-scheduler.service): python -m vmkit.scheduler
 
-Every process runs the same APScheduler jobs; only the holder of the leader lease (app.lease)
-runs them, and each run first claims its (job, scheduled time) in Redis, fenced by the lease
-(app.schedule_state.claim_run). So any number of processes on any number of hosts produce one
-run per scheduled time, also across a leader handover.
+Every process runs the same APScheduler jobs (the app's list named by SCHEDULER_JOBS, plus the
+kit's heartbeat); only the holder of the leader lease (vmkit.scheduler.lease) runs them, and each
+run first claims its (job, scheduled time) in Redis, fenced by the lease (state.claim_run). So
+any number of processes on any number of hosts produce one run per scheduled time, also across a
+leader handover.
 
 SIGTERM/SIGINT: no new runs, running ones get SCHEDULER_DRAIN_TIMEOUT to finish, the lease is
 released (if still ours) so a standby takes over at once, exit 0. Redis outages are retried
@@ -16,7 +17,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 
@@ -27,13 +27,14 @@ from apscheduler.triggers.interval import IntervalTrigger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app import jobs, schedule_state
-from app.lease import Lease
-from app.logs import configure_logging
-from app.redis_client import create_redis
-from app.settings import Settings, get_settings
+from vmkit.logs import configure_logging
+from vmkit.redis import create_redis
+from vmkit.scheduler import jobs
+from vmkit.scheduler import state as schedule_state
+from vmkit.scheduler.lease import Lease
+from vmkit.settings import Settings, get_settings
 
-log = logging.getLogger("app.scheduler")
+log = logging.getLogger("vmkit.scheduler")
 
 # Anchoring every interval at the epoch makes all processes on all hosts compute the same
 # scheduled times, so a claim on (job, scheduled time) names the same run everywhere.
@@ -328,11 +329,15 @@ async def _release(lease: Lease, settings: Settings) -> None:
         )
 
 
-def main(declare: Callable[[Settings], list[jobs.Job]] = jobs.declare) -> None:
+def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
-    uvloop.run(serve(settings, declare(settings)))
-
-
-if __name__ == "__main__":
-    main()
+    if not settings.scheduler_jobs:
+        log.error("SCHEDULER_JOBS is not set: nothing to schedule", extra={"event": "no_jobs"})
+        raise SystemExit(2)
+    try:
+        declared = jobs.load_jobs(settings)
+    except jobs.BadJobList as error:
+        log.error(str(error), extra={"event": "bad_job_list"})
+        raise SystemExit(2) from None
+    uvloop.run(serve(settings, declared))

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app import schedule_state
-from app.settings import Settings
+from vmkit.scheduler import state as schedule_state
+from vmkit.settings import Settings
 
-log = logging.getLogger("app.lease")
+log = logging.getLogger("vmkit.scheduler.lease")
 
 # Redlock's allowance for the holder's clock running slower than Redis's.
 CLOCK_DRIFT_FACTOR = 0.01

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import orjson
 from redis.asyncio import Redis
 
-from app.settings import Settings
+from vmkit.settings import Settings
 
 # Runs shown per job by /jobs.
 RECENT_RUNS = 10

@@ -1,0 +1,9 @@
+"""The kit's runtime: what every app deployed by the kit gets without writing it.
+
+- vmkit.worker: the gunicorn worker (UvicornWorker) with the JSON access line per request;
+- vmkit.probes: the liveness and readiness router (`app.include_router(vmkit.probes.router)`);
+- vmkit.redis: the process's Redis pool, bounded calls, 503 on an outage;
+- vmkit.scheduler: the scheduler daemon with its Redis lease, and `Job` for an app's job list;
+- vmkit.settings, vmkit.logs, vmkit.worker_ids, vmkit.runtime: settings, JSON logs, worker ids
+  and runtime detection, used by gunicorn.conf.py and the pieces above.
+"""

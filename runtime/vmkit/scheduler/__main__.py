@@ -1,0 +1,3 @@
+from vmkit.scheduler.daemon import main
+
+main()

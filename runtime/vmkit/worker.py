@@ -1,0 +1,34 @@
+"""The gunicorn worker class of the kit: uvicorn-worker's UvicornWorker, plus what every app gets
+without writing it: a drain that loses no request (vmkit.draining), one JSON access line per
+request (vmkit.access), `Idempotency-Key` for POST and PATCH where there is Redis
+(vmkit.idempotency), and a record of the uvicorn Config the worker runs, so the probes can report
+the parser really in use (vmkit.runtime)."""
+
+import sys
+
+from gunicorn.arbiter import Arbiter
+from uvicorn_worker import UvicornWorker
+
+from vmkit import runtime
+from vmkit.access import AccessLog
+from vmkit.draining import DrainingHttpToolsProtocol
+from vmkit.idempotency import Idempotency
+from vmkit.settings import get_settings
+
+
+class Worker(UvicornWorker):
+    CONFIG_KWARGS = {"loop": "auto", "http": DrainingHttpToolsProtocol}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        runtime.server_config = self.config
+
+    def load_wsgi(self) -> None:
+        try:
+            super().load_wsgi()
+        except SystemExit:
+            # The app refused to start (its settings rejected the environment and said why).
+            # gunicorn would respawn a worker that exits otherwise, forever; this code stops it.
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        app = Idempotency(self.wsgi) if get_settings().redis_url else self.wsgi
+        self.wsgi = AccessLog(app)

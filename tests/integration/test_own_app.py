@@ -1,0 +1,84 @@
+"""Apps other than the example, and deployments without Redis or a scheduler: the kit's
+gunicorn.conf.py and scheduler run whatever the settings name, and the probes ask only for what
+the deployment has."""
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from support import REPO, Gunicorn, base_env, scheduler_process, wait_until
+
+SHOP_SOURCES = REPO / "tests" / "shop" / "src"
+
+
+@pytest.fixture
+def shop(tmp_path) -> Iterator[Gunicorn]:
+    """tests/shop (package shop, src/ layout) under the kit: no Redis, no scheduler, its own
+    readiness path."""
+    server = Gunicorn(tmp_path / "gunicorn.log", ASGI_APP="shop.web:api", PYTHONPATH=str(SHOP_SOURCES),
+                      READY_PATH="/status/ready", APP_VERSION="3.1.4").start()
+    try:
+        yield server.wait_serving()
+    finally:
+        server.stop()
+
+
+def test_another_app_gets_the_probes_and_the_access_log(shop):
+    with shop.client() as client:
+        assert client.get("/prices/apple").json() == {"item": "apple", "cents": 30}
+        assert client.get("/prices/APPLE").status_code == 422
+        health = client.get("/health").json()
+        assert health["version"] == "3.1.4"
+        assert health["runtime"] == {"loop": "uvloop", "http": "httptools"}
+        ready = client.get("/status/ready")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "checks": {}}
+        assert client.get("/ready").status_code == 404
+    access = wait_until(lambda: [line for line in shop.log_lines() if line.get("path") == "/prices/apple"],
+                        10, "the access line of /prices/apple")
+    assert access[0]["logger"] == "vmkit.access" and access[0]["status"] == 200
+
+
+def test_the_example_app_without_redis_or_scheduler_is_ready_and_its_cache_says_503(tmp_path):
+    server = Gunicorn(tmp_path / "gunicorn.log").start()
+    try:
+        server.wait_serving()
+        with server.client() as client:
+            ready = client.get("/ready")
+            assert (ready.status_code, ready.json()["checks"]) == (200, {})
+            assert client.get("/cache/k").status_code == 503
+    finally:
+        server.stop()
+
+
+def test_a_scheduler_with_no_jobs_of_the_app_still_beats_for_readiness(tmp_path, redis_server):
+    (tmp_path / "no_jobs.py").write_text("jobs = []\n")
+    scheduler = scheduler_process(tmp_path / "scheduler.log", REDIS_URL=redis_server.url,
+                                  SCHEDULER_JOBS="no_jobs:jobs", PYTHONPATH=str(tmp_path),
+                                  SCHEDULER_HEARTBEAT_SECONDS="0.5", SCHEDULER_LEASE_TTL="2").start()
+    api = Gunicorn(tmp_path / "gunicorn.log", REDIS_URL=redis_server.url,
+                   SCHEDULER_JOBS="no_jobs:jobs", PYTHONPATH=str(tmp_path)).start()
+    try:
+        api.wait_serving()
+        ready = wait_until(lambda: (r := httpx.get(f"{api.url}/ready", timeout=10)).status_code == 200 and r,
+                           20, "/ready with a heartbeat but no job of the app")
+        assert ready.json()["checks"]["scheduler"]["ok"] is True
+    finally:
+        api.stop()
+        assert scheduler.stop() == 0
+
+
+@pytest.mark.parametrize(("jobs", "message"), [
+    ("", "SCHEDULER_JOBS is not set"),
+    ("nowhere_to_be_found:jobs", "SCHEDULER_JOBS='nowhere_to_be_found:jobs'"),
+    ("app.main:app", "must name a list of vmkit.scheduler.Job"),
+])
+def test_the_scheduler_refuses_a_job_list_it_cannot_use(tmp_path, jobs, message):
+    result = subprocess.run([sys.executable, "-m", "vmkit.scheduler"], cwd=REPO, timeout=60,
+                            env=base_env(SCHEDULER_JOBS=jobs, REDIS_URL="redis://127.0.0.1:1/0"),
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert message in result.stdout + result.stderr

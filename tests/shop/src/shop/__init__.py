@@ -1,0 +1,1 @@
+"""A shop's API: the kit's test of deploying an app it does not know."""
