@@ -18,6 +18,11 @@ from vmkit.settings import get_settings
 
 router = APIRouter()
 
+# What the routes answer besides 200 and FastAPI's own 422, for the OpenAPI schema.
+REDIS_DOWN = {503: {"description": "Redis unavailable; nothing was done"}}
+NOT_FOUND = {404: {"description": "no such key"}}
+BAD_JSON = {400: {"description": "malformed JSON body (the kit answers it before the route)"}}
+
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 KEY_MAX_LENGTH = 128
 VALUE_MAX_LENGTH = 64 * 1024
@@ -70,7 +75,7 @@ async def _get_with_ttl(redis: Redis, name: str) -> list:
         return await pipe.execute()
 
 
-@router.get("/cache/{key}")
+@router.get("/cache/{key}", responses={**NOT_FOUND, **REDIS_DOWN})
 async def cache_get(key: CacheKey) -> Response:
     value, ttl = await redis_call(_get_with_ttl(client(), _cache_key(key)))
     if value is None:
@@ -78,13 +83,13 @@ async def cache_get(key: CacheKey) -> Response:
     return JSONBytes({"key": key, "value": value, "ttl": ttl if ttl >= 0 else None})
 
 
-@router.put("/cache/{key}")
+@router.put("/cache/{key}", responses={**BAD_JSON, **REDIS_DOWN})
 async def cache_put(key: CacheKey, body: CacheValue) -> Response:
     await redis_call(client().set(_cache_key(key), body.value, ex=body.ttl))
     return JSONBytes({"key": key, "ttl": body.ttl})
 
 
-@router.delete("/cache/{key}")
+@router.delete("/cache/{key}", status_code=204, responses={**NOT_FOUND, **REDIS_DOWN})
 async def cache_delete(key: CacheKey) -> Response:
     deleted = await redis_call(client().delete(_cache_key(key)))
     if not deleted:
@@ -99,7 +104,11 @@ CounterName = Annotated[
 ]
 
 
-@router.post("/counters/{name}")
+@router.post("/counters/{name}", responses={
+    **REDIS_DOWN,
+    **BAD_JSON,
+    409: {"description": "a request with the same Idempotency-Key is still running"},
+})
 async def counter_increment(name: CounterName) -> Response:
     """Adds one and returns the new value: a retry after a lost answer would add one again, unless
     the client sends an Idempotency-Key (the kit then runs it once per key)."""
@@ -149,7 +158,7 @@ async def large_response(
 # ---- scheduler ---------------------------------------------------------------------------------
 
 
-@router.get("/jobs")
+@router.get("/jobs", responses=REDIS_DOWN)
 async def jobs() -> Response:
     leader, job_list = await redis_call(_jobs_state(client()))
     return JSONBytes({"leader": leader, "jobs": job_list})

@@ -2,7 +2,6 @@
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.gzip import GZipMiddleware
 
 from vmkit import probes
 from vmkit.redis import install_unavailable_handler
@@ -27,10 +26,8 @@ def create_app(settings: AppSettings) -> FastAPI:
     app.include_router(api.router)
     install_unavailable_handler(app)
 
-    # add_middleware wraps: the last one added sees the request first.
-    app.add_middleware(
-        GZipMiddleware, minimum_size=settings.gzip_min_size, compresslevel=settings.gzip_level
-    )
+    # Compression is nginx's (C, and only for bodies worth it): no GZipMiddleware wrapping every
+    # response here.
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -15,10 +15,6 @@ class AppSettings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default=[], description="comma-separated origins allowed to call the API from a browser"
     )
-    gzip_min_size: int = Field(
-        default=1024, ge=0, description="bytes below which responses are not compressed"
-    )
-    gzip_level: int = Field(default=5, ge=1, le=9, description="gzip level 1-9")
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="larger request bodies get 413"
     )

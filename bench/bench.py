@@ -5,8 +5,8 @@
 Starts its own redis-server and gunicorn instances on free 127.0.0.1 ports and measures, in
 alternating rounds so that background noise hits both sides of a pair alike:
   1. /large-response?kb=500, app.api (orjson per request) vs FastAPI's default JSON path
-  2. /large-response?kb=500 with gzip (Accept-Encoding: gzip) vs without
-  3. /health, gunicorn -w2 with uvloop + httptools vs the same with asyncio + h11
+  2. /health, gunicorn -w2 with uvloop + httptools vs the same with asyncio + h11
+(Compression is nginx's on the hosts, not the app's, so it is not measured here.)
 The load generator is a keep-alive HTTP/1.1 client on asyncio protocols, sharing the CPUs with
 the servers: absolute rates are a floor, the ratios are the result.
 """
@@ -185,19 +185,12 @@ async def main(args) -> None:
             wait_serving(server.port, server.proc, "/large-response?kb=500")
         api, default, h11 = (server.port for server in servers)
         identity = {"Accept-Encoding": "identity"}
-        gzip = {"Accept-Encoding": "gzip"}
         print(f"{os.cpu_count()} CPUs, {args.connections} connections, "
               f"{args.rounds} rounds of {args.seconds}s per variant")
         await compare(
             "/large-response?kb=500: encoder (both uncompressed)",
             ("orjson per request (app.api)", api, "/large-response?kb=500", identity),
             ("FastAPI default JSONResponse path", default, "/large-response?kb=500", identity),
-            args,
-        )
-        await compare(
-            "/large-response?kb=500: gzip level 5 vs none (app.api)",
-            ("gzip", api, "/large-response?kb=500", gzip),
-            ("identity", api, "/large-response?kb=500", identity),
             args,
         )
         await compare(

@@ -8,6 +8,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vmkit.logs import current_request_id
+
 log = logging.getLogger("vmkit.access")
 
 # nginx passes the client's X-Request-ID or its own; anything else is not trusted into the logs.
@@ -37,6 +39,8 @@ class AccessLog:
         started = time.perf_counter()
         status = 500
         sent_bytes = 0
+        # Every line logged while this request is served carries its id (vmkit.logs).
+        token = current_request_id.set(request_id(scope))
 
         async def send_and_record(message: Message) -> None:
             nonlocal status, sent_bytes
@@ -59,6 +63,6 @@ class AccessLog:
                     "bytes": sent_bytes,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                     "client": client[0] if client else None,
-                    "request_id": request_id(scope),
                 },
             )
+            current_request_id.reset(token)

@@ -4,8 +4,12 @@ import logging
 import os
 import sys
 import time
+from contextvars import ContextVar
 
 import orjson
+
+# The X-Request-ID of the request the current task serves (set by vmkit.access), or None.
+current_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and belongs in the line.
 _STANDARD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -27,6 +31,9 @@ class JsonFormatter(logging.Formatter):
         worker_id = os.environ.get("WORKER_ID")
         if worker_id is not None:
             line["worker_id"] = int(worker_id)
+        request_id = current_request_id.get()
+        if request_id is not None:
+            line["request_id"] = request_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRIBUTES and key not in _SKIPPED_EXTRAS and key[0] != "_":
                 line[key] = value

@@ -122,5 +122,9 @@ async def _scheduler_check(settings: Settings, redis_ok: bool) -> dict:
     return check
 
 
-router.add_api_route(get_settings().health_path, health, methods=["GET"])
-router.add_api_route(get_settings().ready_path, ready, methods=["GET"])
+NOT_READY = {503: {"description": "a dependency of the deployment is down; the body names which"}}
+for path, endpoint, responses in ((get_settings().health_path, health, {}),
+                                  (get_settings().ready_path, ready, NOT_READY)):
+    router.add_api_route(path, endpoint, methods=["GET"], responses=responses)
+    # Monitors probe with HEAD too (uvicorn then sends the headers only).
+    router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)

@@ -23,8 +23,17 @@ from e2e_support import REPO, ApiHost, PlaybookRun, TestHosts
 OPERATOR_INVENTORY = os.environ.get("E2E_INVENTORY")
 
 # Settings of the host under test that differ from an operator's: the example job ticks every
-# second instead of every minute, so the scheduler tests see many runs in a few seconds.
-SUITE_VARS = {"app_extra_env": {"SCHEDULER_TICK_SECONDS": 1}}
+# second instead of every minute, so the scheduler tests see many runs in a few seconds; and the
+# example app's costly route has its own limit, as the example inventory sets it.
+SUITE_VARS = {
+    "app_extra_env": {"SCHEDULER_TICK_SECONDS": 1},
+    "nginx_costly_locations": [{"path": "/large-response", "rate": "6r/m", "burst": 1}],
+}
+
+
+def controller_address(net: int) -> str:
+    """The controller's end of a test host's link (tools/testhost)."""
+    return f"10.231.{net}.1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -86,6 +95,8 @@ def api_host(request) -> Iterator[ApiHost]:
                                       extra_vars=extra_vars)
     else:
         testhosts = request.getfixturevalue("testhosts")
+        # The controller sends the load of many clients from one address: not rate limited.
+        extra_vars["nginx_rate_limit_exempt"] = ["127.0.0.0/8", "::1/128", f"{controller_address(testhosts.net)}/32"]
         host = ApiHost.from_inventory(testhosts.inventory, control_dir, extra_vars=extra_vars)
     try:
         yield host

@@ -14,10 +14,13 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,6 +264,140 @@ def test_units_are_sandboxed(site):
         assert exposure <= 2.0, f"{unit}: exposure {exposure}\n{out}"
 
 
+def test_nginx_is_sandboxed_and_still_reloads_and_rotates_its_logs(site):
+    out = site.sh("systemd-analyze security --no-pager nginx.service").stdout
+    exposure = float(re.search(r"Overall exposure level for nginx.service: ([\d.]+)", out)[1])
+    print(f"nginx.service exposure {exposure}")
+    assert exposure <= 4.0, out
+    main = site.unit("nginx.service", "MainPID")["MainPID"]
+    site.sh("systemctl reload nginx && logrotate -f /etc/logrotate.d/nginx")
+    marker = f"/health?rotated={uuid.uuid4().hex[:8]}"
+    wait_until(lambda: site.get(marker).status_code == 200 and marker.split("=")[1] in site.sh(
+        "cat /var/log/nginx/api.access.log").stdout, 20, "nginx to log into its new file")
+    assert site.unit("nginx.service", "MainPID", "ActiveState") == {"MainPID": main, "ActiveState": "active"}
+
+
+def test_ssh_takes_keys_only_and_no_root(site):
+    effective = dict(line.split(" ", 1) for line in site.sh("sshd -T").stdout.splitlines() if " " in line)
+    expected = {"permitrootlogin": "no", "passwordauthentication": "no", "kbdinteractiveauthentication": "no",
+                "x11forwarding": "no", "allowtcpforwarding": "no", "allowagentforwarding": "no",
+                "permittunnel": "no"}
+    assert {key: effective.get(key) for key in expected} == expected
+
+
+def test_the_apps_redis_user_cannot_administer_redis(site):
+    assert site.redis("SET", "api:e2e-acl", "1") == "OK"
+    for command in (["FLUSHALL"], ["CONFIG", "GET", "maxmemory"], ["KEYS", "*"], ["SCRIPT", "FLUSH"],
+                    ["SET", "other:e2e-acl", "1"]):
+        assert site.redis(*command).startswith("NOPERM"), command
+    assert site.redis("GET", "api:e2e-acl") == "1"
+
+
+def test_hostile_json_and_head_probes_through_nginx(site):
+    for body in (b'{"value": "x", "ttl": NaN}', b'{"value": "\\ud800"}', b"[" * 5000 + b"]" * 5000,
+                 b'{"value": "' + b"y" * 200_000 + b'"}'):
+        response = site.request("PUT", "/cache/e2e-hostile", content=body,
+                                headers={"content-type": "application/json"})
+        assert 400 <= response.status_code < 500 and len(response.content) < 4096, response.text[:300]
+    for path in ("/health", "/ready"):
+        head = site.request("HEAD", path)
+        assert head.status_code == 200 and head.content == b""
+
+
+def test_one_request_id_from_nginx_through_the_app(site):
+    rid = f"e2e-{uuid.uuid4().hex[:12]}"
+    assert site.get("/cache/e2e-rid", headers={"x-request-id": rid}).headers["x-request-id"] == rid
+    nginx = wait_until(lambda: site.sh(f"grep -h '{rid}' /var/log/nginx/api.access.log || true").stdout, 10,
+                       "nginx's access line")
+    assert json.loads(nginx.splitlines()[0])["request_id"] == rid
+    app = wait_until(lambda: site.sh(f"journalctl -u api -o cat --no-pager | grep -h '{rid}' || true").stdout,
+                     10, "the app's access line")
+    assert json.loads(app.splitlines()[0])["request_id"] == rid
+
+
+def p99(samples: list[float]) -> float:
+    return sorted(samples)[int(len(samples) * 0.99) - 1]
+
+
+def probe_latencies(site: ApiHost, count: int) -> list[float]:
+    """Sequential keep-alive requests of a cheap route that goes through the app and Redis."""
+    seconds = []
+    with site.client() as client:
+        for _ in range(count):
+            started = time.perf_counter()
+            response = client.get("/cache/e2e-victim", extensions={"sni_hostname": site.server_name})
+            seconds.append(time.perf_counter() - started)
+            assert response.status_code == 404
+    return seconds
+
+
+@contextmanager
+def another_client_address(site: ApiHost, provisioning) -> Iterator[str]:
+    """A second address on the controller's end of the test host's link: a client that is not
+    the (rate-limit exempt) controller."""
+    if not provisioning.local:
+        pytest.skip("needs a second address on the controller's end of the test host's link")
+    address, link = site.address.rsplit(".", 1)[0] + ".3", f"ve-{site.name}"
+    subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", link], check=True)
+    try:
+        yield address
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", link], check=False)
+
+
+def test_one_address_cannot_hold_all_of_nginxs_connections(site, provisioning):
+    with another_client_address(site, provisioning) as client, ExitStack() as sockets:
+        refused = 0
+        for _ in range(300):
+            try:
+                sock = socket.create_connection((site.address, 443), timeout=5, source_address=(client, 0))
+                sockets.enter_context(sock)
+            except OSError:
+                refused += 1
+        print(f"300 connections from one address: {refused} refused")
+        assert refused == 300 - 256
+        assert site.get("/health").status_code == 200  # another address is served meanwhile
+
+
+def test_an_abusive_client_within_its_limits_leaves_the_others_fast(site, provisioning):
+    """A client on an address of its own asks for the costly /large-response?kb=4096 with gzip,
+    within the general rate: its own zone lets one through every ten seconds, and another
+    client's p99 stays within 3x of what it is on an idle host."""
+    with another_client_address(site, provisioning) as abuser:
+        idle = p99(probe_latencies(site, 400))
+        outcomes: Counter = Counter()
+        stop = asyncio.Event()
+
+        async def abuse() -> None:
+            transport = httpx.AsyncHTTPTransport(local_address=abuser,
+                                                 verify=ssl.create_default_context(cafile=str(site.ca)))
+            async with httpx.AsyncClient(transport=transport, base_url=f"https://{site.address}",
+                                         headers={"Host": site.server_name, "Accept-Encoding": "gzip"},
+                                         timeout=60) as client:
+                async def one_connection() -> None:
+                    while not stop.is_set():
+                        response = await client.get("/large-response", params={"kb": 4096},
+                                                    extensions={"sni_hostname": site.server_name})
+                        outcomes[(response.status_code, response.headers.get("content-encoding"))] += 1
+                        await asyncio.sleep(0.1)  # 4 x 10 r/s: within the general 50 r/s
+
+                await asyncio.gather(*(one_connection() for _ in range(4)))
+
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_until_complete, args=(abuse(),), daemon=True)
+        thread.start()
+        try:
+            time.sleep(2)
+            loaded = p99(probe_latencies(site, 400))
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+            thread.join(120)
+            loop.close()
+    print(f"p99 idle {idle * 1000:.1f} ms, under abuse {loaded * 1000:.1f} ms; abuser got {dict(outcomes)}")
+    assert outcomes[(200, "gzip")] >= 1 and outcomes[(429, None)] > outcomes[(200, "gzip")]
+    assert loaded <= 3 * idle
+
+
 def test_only_ssh_http_https_are_reachable(site):
     """Every TCP port the host listens on (any address), and Redis's, tried from the controller."""
     listening = site.sh("ss -Htln | awk '{print $4}'").stdout.split()
@@ -294,7 +431,7 @@ def test_api_logs_json_lines_with_worker_id(site):
     not_json = [line for line in lines if not line.startswith("{")]
     assert not_json == [], f"{len(not_json)} of {len(lines)} lines are not JSON: {not_json[:5]}"
     records = [json.loads(line) for line in lines]
-    requests = [r for r in records if r.get("logger") == "app.access"]
+    requests = [r for r in records if r.get("logger") == "vmkit.access"]
     assert requests and all(isinstance(r.get("worker_id"), int) for r in requests)
 
 

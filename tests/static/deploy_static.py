@@ -20,6 +20,8 @@ VENV_BIN = Path(sys.executable).parent
 TOOL_PATH = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 SERVER_NAME = "api.static.test"
 REDIS_PASSWORD = "static-check-password-0123"
+REDIS_SCHEDULER_PASSWORD = "static-check-scheduler-4567"
+REDIS_ADMIN_PASSWORD = "static-check-admin-8901"
 
 
 def tool(name: str) -> str:
@@ -65,6 +67,8 @@ def render(root: Path, groups: tuple[str, ...] = ("api", "scheduler", "redis"), 
         "nginx_server_name": SERVER_NAME,
         "nginx_build": {"stderr": nginx_build_info()},
         "redis_password": REDIS_PASSWORD,
+        "redis_scheduler_password": REDIS_SCHEDULER_PASSWORD,
+        "redis_admin_password": REDIS_ADMIN_PASSWORD,
         "app_release": {"version": "9.9.9", "release_id": "9.9.9-static"},
         **overrides,
     }

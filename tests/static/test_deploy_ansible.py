@@ -148,6 +148,24 @@ def test_deploy_and_rollback_validate_first(unreachable_inventory):
         assert bad.split("=")[0] in output
 
 
+@pytest.mark.parametrize("override", [
+    "app_drain_seconds=40",          # beyond the graceful timeout
+    "app_keepalive=9",               # beyond the drain window derived before it was raised
+    "nginx_upstream_keepalive_timeout=5",  # not below the workers' keep-alive
+], ids=["drain", "keepalive", "nginx"])
+def test_the_idle_timeouts_must_grow_from_nginx_to_the_graceful_timeout(unreachable_inventory, override):
+    """nginx's upstream idle < API_KEEPALIVE < API_DRAIN_SECONDS < API_GRACEFUL_TIMEOUT, one check."""
+    name, value = override.split("=")
+    extra = {name: int(value)}
+    if name == "app_keepalive":
+        extra["app_drain_seconds"] = 6
+    result = playbook("-i", unreachable_inventory, "site.yml", "-e", json.dumps(extra))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and output.count("TASK [") == 1, output
+    assert "the idle timeouts must grow: nginx_upstream_keepalive_timeout" in output
+    assert name in output
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_every_role_variable_is_documented_in_defaults(role):
     defaults = ANSIBLE_DIR / "roles" / role / "defaults" / "main.yml"

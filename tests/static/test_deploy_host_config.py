@@ -3,10 +3,13 @@ nft without loading them), the Redis configuration (a real redis-server runs it)
 
 import socket
 import subprocess
+from collections.abc import Iterator
 from urllib.parse import quote
 
-from deploy_static import REDIS_PASSWORD, env_file, render, run, tool
-from support import free_port, stop_process, wait_until
+import pytest
+
+from deploy_static import REDIS_ADMIN_PASSWORD, REDIS_PASSWORD, REDIS_SCHEDULER_PASSWORD, env_file, render, run, tool
+from support import Gunicorn, free_port, scheduler_process, stop_process, wait_until
 
 
 def nft_check(path) -> str:
@@ -27,12 +30,18 @@ def test_nft_check_reports_broken_rules(rendered, tmp_path):
     assert nft_check(broken) != ""
 
 
-def redis_command(port: int, *args: str) -> str:
-    cli = [tool("redis-cli"), "-p", str(port), "--no-auth-warning", "-a", REDIS_PASSWORD, *args]
-    return subprocess.run(cli, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+def redis_cli(port: int, user: str | None, password: str | None, *args: str) -> str:
+    """One command through redis-cli as `user` (None: the default user); output and errors."""
+    cli = [tool("redis-cli"), "-p", str(port), "--no-auth-warning"]
+    if user:
+        cli += ["--user", user, "--pass", password]
+    result = subprocess.run(cli + list(args), capture_output=True, text=True, timeout=10)
+    return (result.stdout + result.stderr).strip()
 
 
-def test_redis_runs_the_rendered_configuration(rendered, tmp_path):
+@pytest.fixture
+def rendered_redis(rendered, tmp_path) -> Iterator[int]:
+    """redis-server running the rendered redis.conf; yields its port."""
     port = free_port()
     # The rendered file first (so it is parsed as on the host), then only what differs here.
     proc = subprocess.Popen(
@@ -49,23 +58,71 @@ def test_redis_runs_the_rendered_configuration(rendered, tmp_path):
                 return False
 
         wait_until(answers, 10, "redis-server with the rendered configuration")
-        # The password is required ...
-        anonymous = subprocess.run([tool("redis-cli"), "-p", str(port), "PING"], capture_output=True,
-                                   text=True, timeout=10)
-        assert "NOAUTH" in anonymous.stdout + anonymous.stderr
-        # ... and the rendered settings are in force.
-        assert redis_command(port, "PING") == "PONG"
-        assert redis_command(port, "CONFIG", "GET", "maxmemory-policy").split() == ["maxmemory-policy", "allkeys-lru"]
-        assert redis_command(port, "CONFIG", "GET", "maxmemory").split() == ["maxmemory", str(256 * 1024 * 1024)]
-        assert redis_command(port, "CONFIG", "GET", "protected-mode").split() == ["protected-mode", "yes"]
-        assert redis_command(port, "CONFIG", "GET", "bind").split()[1:] == ["127.0.0.1"]
+        yield port
     finally:
         stop_process(proc)
 
 
+def test_redis_runs_the_rendered_configuration(rendered_redis):
+    port = rendered_redis
+    # No password-less access: the default user is off ...
+    assert "NOAUTH" in redis_cli(port, None, None, "PING")
+    # ... and the operators' admin user sees the rendered settings in force.
+    admin = ("admin", REDIS_ADMIN_PASSWORD)
+    assert redis_cli(port, *admin, "CONFIG", "GET", "maxmemory-policy").split() == ["maxmemory-policy", "allkeys-lru"]
+    assert redis_cli(port, *admin, "CONFIG", "GET", "maxmemory").split() == ["maxmemory", str(256 * 1024 * 1024)]
+    assert redis_cli(port, *admin, "CONFIG", "GET", "protected-mode").split() == ["protected-mode", "yes"]
+    assert redis_cli(port, *admin, "CONFIG", "GET", "bind").split()[1:] == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("user, password", [("api", REDIS_PASSWORD), ("scheduler", REDIS_SCHEDULER_PASSWORD)])
+def test_the_services_redis_users_may_not_administer_or_leave_their_keys(rendered_redis, user, password):
+    port = rendered_redis
+    assert redis_cli(port, user, password, "SET", "api:probe", "1") == "OK"
+    for command in (["FLUSHALL"], ["FLUSHDB"], ["CONFIG", "GET", "maxmemory"], ["CONFIG", "SET", "save", ""],
+                    ["DEBUG", "SLEEP", "0"], ["KEYS", "*"], ["SCRIPT", "FLUSH"], ["ACL", "LIST"],
+                    ["SHUTDOWN"], ["SET", "elsewhere:key", "1"], ["GET", "elsewhere:key"]):
+        refusal = redis_cli(port, user, password, *command)
+        # Redis 7 refuses DEBUG to everyone before it asks the ACL.
+        assert "NOPERM" in refusal or "DEBUG command not allowed" in refusal, (user, command, refusal)
+    assert redis_cli(port, "admin", REDIS_ADMIN_PASSWORD, "GET", "api:probe") == "1"
+
+
+def test_the_kit_runs_as_those_users(rendered, rendered_redis, tmp_path):
+    """The scheduler daemon (lease scripts, claims, heartbeat) and the API (probes, cache,
+    counters, Idempotency-Key) do all their work with the rights the rendered ACL gives them."""
+    port = rendered_redis
+    api_env = env_file(rendered.text("api.env"))
+    scheduler_env = env_file(rendered.text("scheduler.env"))
+    local = {"redis://api:", "redis://scheduler:"}
+    api_url = api_env["REDIS_URL"].replace("127.0.0.1:6379", f"127.0.0.1:{port}")
+    scheduler_url = scheduler_env["REDIS_URL"].replace("127.0.0.1:6379", f"127.0.0.1:{port}")
+    assert {api_url[:12], scheduler_url[:18]} == local
+    settings = {"REDIS_KEY_PREFIX": api_env["REDIS_KEY_PREFIX"], "SCHEDULER_HEARTBEAT_SECONDS": "0.5",
+                "SCHEDULER_LEASE_TTL": "2", "SCHEDULER_TICK_SECONDS": "1"}
+    scheduler = scheduler_process(tmp_path / "scheduler.log", REDIS_URL=scheduler_url, **settings).start()
+    api = Gunicorn(tmp_path / "gunicorn.log", REDIS_URL=api_url, SCHEDULER_JOBS="app.jobs:jobs", **settings).start()
+    try:
+        api.wait_serving()
+        with api.client() as client:
+            wait_until(lambda: client.get("/ready").status_code == 200, 20, "/ready with the ACL users")
+            assert client.put("/cache/acl", json={"value": "v"}).status_code == 200
+            assert client.get("/cache/acl").json()["value"] == "v"
+            assert client.post("/counters/acl", headers={"idempotency-key": "acl-1"}).json()["value"] == 1
+            assert client.post("/counters/acl", headers={"idempotency-key": "acl-1"}).json()["value"] == 1
+            wait_until(lambda: any(job["id"] == "example" and job["run_count"]
+                                   for job in client.get("/jobs").json()["jobs"]),
+                       20, "the example job to run as user scheduler")
+        assert "NOPERM" not in api.output() + scheduler.output()
+    finally:
+        api.stop()
+        assert scheduler.stop() == 0
+
+
 def test_api_env_points_the_services_at_redis_with_the_password(rendered):
     env = env_file(rendered.text("api.env"))
-    assert env["REDIS_URL"] == f"redis://:{quote(REDIS_PASSWORD, safe='')}@127.0.0.1:6379/0"
+    assert env["REDIS_URL"] == f"redis://api:{quote(REDIS_PASSWORD, safe='')}@127.0.0.1:6379/0"
+    assert env["REDIS_KEY_PREFIX"] == "api:"
     assert env["API_ENV"] == "production"
     # Only nginx (and root) can reach the socket, so the forwarded headers are trusted from it.
     assert env["API_FORWARDED_ALLOW_IPS"] == "*"

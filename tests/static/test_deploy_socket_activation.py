@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from deploy_static import REPO, env_file, unit_settings
-from support import RedisServer, base_env, stop_process
+from support import RedisServer, base_env, stop_process, wait_until
 
 PR_SET_MDWE, PR_GET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 66, 1
 
@@ -131,7 +131,8 @@ def test_gunicorn_serves_the_inherited_socket_and_a_restart_refuses_nothing(serv
     service.wait_ready(first)
     health = service.get("/health")
     assert health.status_code == 200 and health.json()["version"] == "9.9.9-static"
-    assert (service.run_dir / "gunicorn.ctl").is_socket()
+    # gunicorn opens its control socket in a thread of its own, around the time it reports READY.
+    wait_until((service.run_dir / "gunicorn.ctl").is_socket, 10, "gunicorn's control socket")
 
     # systemctl reload api: HUP, workers replaced, the socket stays.
     first.send_signal(signal.SIGHUP)

@@ -109,7 +109,9 @@ def test_scheduler_service_runs_the_current_release_and_always_comes_back(render
     unit = unit_settings(rendered.text("units/api-scheduler.service"))
     # The kit's daemon; the jobs it runs are SCHEDULER_JOBS in api.env.
     assert unit["ExecStart"] == ["/srv/api/current/venv/bin/python -m vmkit.scheduler"]
-    assert unit["EnvironmentFile"] == ["/etc/api/api.env", "/srv/api/current/release.env"]
+    # Its own Redis user comes from scheduler.env, after the settings both services share.
+    assert unit["EnvironmentFile"] == ["/etc/api/api.env", "/etc/api/scheduler.env",
+                                       "/srv/api/current/release.env"]
     assert unit["Restart"] == ["always"] and int(unit["RestartSec"][0]) <= 5
 
 

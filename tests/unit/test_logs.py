@@ -4,7 +4,7 @@ import json
 import logging
 import sys
 
-from vmkit.logs import JsonFormatter
+from vmkit.logs import JsonFormatter, current_request_id
 
 
 def _record(**extra) -> logging.LogRecord:
@@ -39,3 +39,14 @@ def test_no_worker_id_outside_workers_and_exceptions_inline(monkeypatch):
     data = json.loads(line)
     assert "worker_id" not in data
     assert "ValueError: boom" in data["exc"]
+
+
+def test_lines_logged_while_a_request_is_served_carry_its_id():
+    token = current_request_id.set("req-42")
+    try:
+        inside = json.loads(JsonFormatter().format(_record()))
+    finally:
+        current_request_id.reset(token)
+    outside = json.loads(JsonFormatter().format(_record()))
+    assert inside["request_id"] == "req-42"
+    assert "request_id" not in outside

@@ -30,7 +30,7 @@ def test_defaults_match_the_contract():
     assert settings.api_control_socket == ""
     assert settings.api_workers >= 1
     example = app_settings.AppSettings()
-    assert (example.gzip_min_size, example.gzip_level) == (1024, 5)
+    assert example.max_body_bytes == 1024 * 1024
     assert example.cors_origins == []
 
 
@@ -44,7 +44,7 @@ def test_the_version_defaults_to_the_distribution_that_provides_the_app(monkeypa
 def test_environment_overrides(monkeypatch):
     monkeypatch.setenv("API_ENV", "Production")
     monkeypatch.setenv("CORS_ORIGINS", "https://a.example.test, https://b.example.test,")
-    monkeypatch.setenv("GZIP_LEVEL", "9")
+    monkeypatch.setenv("MAX_BODY_BYTES", "4096")
     monkeypatch.setenv("API_WORKERS", "7")
     monkeypatch.setenv("LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("APP_VERSION", "1.2.3+abc")
@@ -59,14 +59,13 @@ def test_environment_overrides(monkeypatch):
     assert kit_settings.get_settings() is settings
     example = app_settings.get_settings()
     assert example.cors_origins == ["https://a.example.test", "https://b.example.test"]
-    assert example.gzip_level == 9
+    assert example.max_body_bytes == 4096
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("GZIP_LEVEL", "0"),
-        ("GZIP_MIN_SIZE", "-1"),
+        ("SCHEDULER_TICK_SECONDS", "0"),
         ("API_WORKERS", "two"),
         ("API_ENV", "staging"),
         ("REDIS_SOCKET_TIMEOUT", "0"),
