@@ -1,8 +1,11 @@
 """The gunicorn worker class of the kit: uvicorn-worker's UvicornWorker, plus what every app gets
-without writing it: a drain that loses no request (vmkit.draining), one JSON access line per
-request (vmkit.access), `Idempotency-Key` for POST and PATCH where there is Redis
-(vmkit.idempotency), a 4xx instead of a 500 for hostile JSON (vmkit.bad_input), and a record of the uvicorn Config the worker runs, so the probes can report
-the parser really in use (vmkit.runtime)."""
+without writing it:
+- a drain that loses no request (vmkit.draining);
+- one JSON access line per request (vmkit.access);
+- `Idempotency-Key` for POST and PATCH where there is Redis (vmkit.idempotency);
+- a 4xx instead of a 500 for hostile JSON (vmkit.bad_input);
+- a record of the uvicorn Config it runs, so the probes report the parser in use (vmkit.runtime).
+"""
 
 import sys
 

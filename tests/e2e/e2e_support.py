@@ -233,7 +233,8 @@ class ApiHost:
         return value
 
     def redis(self, *args: str) -> str:
-        """A redis-cli command on the host with the password of api.env (never on a command line)."""
+        """A redis-cli command on the host as the API's Redis user, with the password of api.env
+        (never on a command line)."""
         code = REDIS_CLI.replace("ARGS", repr(list(args)))
         return self.python(code).stdout.strip()
 
@@ -278,6 +279,7 @@ for line in open('/etc/api/api.env'):
         url = urlsplit(shlex.split(line.split('=', 1)[1])[0])
 env = {**os.environ, 'REDISCLI_AUTH': unquote(url.password or '')}
 cli = ['redis-cli', '-h', url.hostname, '-p', str(url.port or 6379), '-n', url.path.strip('/') or '0']
+cli += ['--user', unquote(url.username)] if url.username else []
 result = subprocess.run(cli + ARGS, env=env, capture_output=True, text=True)
 sys.stdout.write(result.stdout)
 sys.exit(result.returncode or ('ERR' in result.stdout[:4]))
