@@ -17,7 +17,9 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from vmkit.asgi import read_body, replaying, send_json
 
 # Characters of an offending input value shown back in a 422.
 INPUT_SHOWN = 64
@@ -41,39 +43,16 @@ class JsonBodyGuard:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS or not _is_json(scope):
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:
+            return
         if body:
             try:
                 orjson.loads(body)
             except orjson.JSONDecodeError as error:
-                await _answer(send, 400, {"detail": f"invalid JSON: {str(error)[:200]}"})
+                await send_json(send, 400, {"detail": f"invalid JSON: {str(error)[:200]}"})
                 return
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if delivered:
-                return await receive()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-
-async def _answer(send: Send, status: int, content: dict) -> None:
-    body = orjson.dumps(content)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+        await self.app(scope, replaying(body, receive), send)
 
 
 def shown_input(value: object) -> object:

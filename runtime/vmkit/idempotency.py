@@ -23,6 +23,7 @@ import re
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vmkit.asgi import read_body, replaying, send_json
 from vmkit.redis import RedisUnavailable, client, redis_call
 from vmkit.settings import get_settings
 
@@ -39,26 +40,6 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
-
-
-async def _json(send: Send, status: int, body: dict, extra_headers: list | None = None) -> None:
-    content = orjson.dumps(body)
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(content)).encode()), *(extra_headers or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": content})
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body; None when the client went away."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def fingerprint(scope: Scope, body: bytes) -> str:
@@ -83,10 +64,10 @@ class Idempotency:
             await self.app(scope, receive, send)
             return
         if not KEY_PATTERN.match(key):
-            await _json(send, 400, {"detail": "Idempotency-Key must be 1-128 characters of "
+            await send_json(send, 400, {"detail": "Idempotency-Key must be 1-128 characters of "
                                               "letters, digits and _ . : -"})
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
         if body is None:
             return
         settings = get_settings()
@@ -100,39 +81,27 @@ class Idempotency:
                 await self._answer_repeat(redis_key, request_fingerprint, send)
                 return
         except RedisUnavailable:
-            await _json(send, 503, {"detail": "redis unavailable"})
+            await send_json(send, 503, {"detail": "redis unavailable"})
             return
-        await self._run_once(scope, body, send, redis_key, request_fingerprint)
+        await self._run_once(scope, body, receive, send, redis_key, request_fingerprint)
 
     async def _answer_repeat(self, redis_key: str, request_fingerprint: str, send: Send) -> None:
         stored = await redis_call(client().get(redis_key))
         record = orjson.loads(stored) if stored else {}
-        if record.get("fingerprint") != request_fingerprint:
-            if not record:  # expired or released between the two calls: a retry may claim it
-                await _json(send, 409, {"detail": "request with this Idempotency-Key in progress"})
-                return
-            await _json(send, 422, {"detail": "Idempotency-Key was used for a different request"})
+        if record and record.get("fingerprint") != request_fingerprint:
+            await send_json(send, 422, {"detail": "Idempotency-Key was used for a different request"})
             return
-        if "status" not in record:
-            await _json(send, 409, {"detail": "request with this Idempotency-Key in progress"})
+        if "status" not in record:  # still running (or released a moment ago: a retry may claim it)
+            await send_json(send, 409, {"detail": "request with this Idempotency-Key in progress"})
             return
-        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in record["headers"]]
+        headers = [(name.encode("latin-1"), value.encode("latin-1"))
+                   for name, value in record["headers"]]
         headers.append((b"idempotent-replayed", b"true"))
         await send({"type": "http.response.start", "status": record["status"], "headers": headers})
         await send({"type": "http.response.body", "body": base64.b64decode(record["body"])})
 
-    async def _run_once(self, scope: Scope, body: bytes, send: Send, redis_key: str,
-                        request_fingerprint: str) -> None:
-        delivered = False
-
-        async def replay_body() -> Message:
-            nonlocal delivered
-            if delivered:
-                # The app reads past the body only to wait for a disconnect.
-                return {"type": "http.disconnect"}
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
+    async def _run_once(self, scope: Scope, body: bytes, receive: Receive, send: Send,
+                        redis_key: str, request_fingerprint: str) -> None:
         response: dict = {"status": 500, "headers": [], "body": []}
 
         async def send_and_keep(message: Message) -> None:
@@ -147,7 +116,7 @@ class Idempotency:
             await send(message)
 
         try:
-            await self.app(scope, replay_body, send_and_keep)
+            await self.app(scope, replaying(body, receive), send_and_keep)
         except BaseException:
             await self._release(redis_key)
             raise
