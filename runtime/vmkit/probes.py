@@ -40,25 +40,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
             "runtime": {"loop": current.loop, "http": current.http},
         }
     )
-    if settings.redis_url:
-        await _log_redis_reachability(settings)
+    if settings.redis_url and not (redis := await _redis_check(settings))["ok"]:
+        # Informational only: a worker must start (and answer liveness) while Redis is down.
+        log.warning("redis unreachable at start-up; readiness answers 503 until it is back",
+                    extra={"error": redis["error"]})
     log.info("started", extra={"version": settings.app_version, "env": settings.api_env})
     try:
         yield {"vmkit_health_body": health_body}
     finally:
         await close_client()
         log.info("stopped")
-
-
-async def _log_redis_reachability(settings: Settings) -> None:
-    """Informational only: a worker must start (and answer liveness) while Redis is down."""
-    try:
-        await redis_call(client().ping(), settings)
-    except RedisUnavailable as error:
-        log.warning(
-            "redis unreachable at start-up; readiness answers 503 until it is back",
-            extra={"error": str(error)},
-        )
 
 
 router = APIRouter(lifespan=lifespan, tags=["probes"])
@@ -75,7 +66,9 @@ async def ready() -> Response:
     if settings.redis_url:
         checks["redis"] = await _redis_check(settings)
     if settings.scheduler_jobs:
-        checks["scheduler"] = await _scheduler_check(settings, redis_ok=checks["redis"]["ok"])
+        # Without REDIS_URL the scheduler has no Redis either: not ready, rather than a 500.
+        redis_ok = checks.get("redis", {}).get("ok", False)
+        checks["scheduler"] = await _scheduler_check(settings, redis_ok=redis_ok)
     is_ready = all(check["ok"] for check in checks.values())
     body = {"status": "ready" if is_ready else "not_ready", "checks": checks}
     return Response(orjson.dumps(body), status_code=200 if is_ready else 503,

@@ -54,6 +54,18 @@ def test_the_example_app_without_redis_or_scheduler_is_ready_and_its_cache_says_
         server.stop()
 
 
+def test_a_scheduler_without_redis_makes_the_app_not_ready_not_broken(tmp_path):
+    server = Gunicorn(tmp_path / "gunicorn.log", SCHEDULER_JOBS="app.jobs:jobs").start()
+    try:
+        server.wait_serving()
+        with server.client() as client:
+            ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["scheduler"]["error"] == "redis unavailable"
+    finally:
+        server.stop()
+
+
 def test_a_scheduler_with_no_jobs_of_the_app_still_beats_for_readiness(tmp_path, redis_server):
     (tmp_path / "no_jobs.py").write_text("jobs = []\n")
     scheduler = scheduler_process(tmp_path / "scheduler.log", REDIS_URL=redis_server.url,
