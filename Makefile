@@ -53,6 +53,12 @@ up: system-deps install
 down:
 	$(TESTHOST) down
 
+# The deployed stack against its peers on a fresh test host (bench/run.py; ~20 min, not a test).
+.PHONY: bench
+bench: system-deps install
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) bench/run.py
+
 # The API (gunicorn on 127.0.0.1:$(PORT)), the scheduler daemon and a throw-away Redis, all in
 # the foreground; Ctrl-C stops the three cleanly.
 run: system-deps install

@@ -4,6 +4,7 @@ Redis comes from the kit (vmkit.redis): the process's pool, and `redis_call`, wh
 outage into a 503 instead of a 500 or a hung request.
 """
 
+import logging
 from functools import lru_cache
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from vmkit.scheduler import state as schedule_state
 from vmkit.settings import get_settings
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 # What the routes answer besides 200 and FastAPI's own 422, for the OpenAPI schema.
 REDIS_DOWN = {503: {"description": "Redis unavailable; nothing was done"}}
@@ -94,6 +96,8 @@ async def cache_delete(key: CacheKey) -> Response:
     deleted = await redis_call(client().delete(_cache_key(key)))
     if not deleted:
         return JSONBytes({"detail": "key not found"}, status_code=404)
+    # The kit adds the request's id (X-Request-ID) to this line, as to every line of the request.
+    log.info("cache entry deleted", extra={"key": key})
     return Response(status_code=204)
 
 

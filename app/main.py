@@ -16,7 +16,6 @@ def create_app(settings: AppSettings) -> FastAPI:
     app = FastAPI(
         title="api",
         version=kit_settings().app_version,
-        max_body_size=settings.max_body_bytes,
         # The interactive docs are a development aid, not part of the production surface.
         docs_url="/docs" if development else None,
         redoc_url=None,

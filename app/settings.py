@@ -15,9 +15,6 @@ class AppSettings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default=[], description="comma-separated origins allowed to call the API from a browser"
     )
-    max_body_bytes: int = Field(
-        default=1024 * 1024, ge=1024, description="larger request bodies get 413"
-    )
     scheduler_tick_seconds: float = Field(
         default=60, gt=0, description="interval of the example job"
     )

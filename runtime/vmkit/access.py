@@ -1,6 +1,11 @@
-"""One JSON access line per HTTP request, with its duration and request id (uvicorn's own access
-log has neither). The kit's worker wraps every app in it, outermost, so the duration covers the
-app's own middleware too."""
+"""The request id of every request, and optionally one JSON access line per request with its
+duration (uvicorn's own access log has neither). The kit's worker wraps every app in one of the
+two, outermost, so the duration covers the app's own middleware too.
+
+Behind nginx the line is off (API_ACCESS_LOG=false): nginx's JSON access log records the same
+request id, status and duration (request_time, upstream_response_time) in buffered C, while the
+line here costs each request a logging call, a write and journald's parsing (see README,
+"Performance")."""
 
 import logging
 import re
@@ -23,13 +28,27 @@ def request_id(scope: Scope) -> str | None:
     return None
 
 
-class AccessLog:
-    """Logs method, path (never the query string, which may carry tokens), status, response bytes,
-    duration and request id; never other headers or bodies. A request that raises is logged as
-    500 and re-raised for the server's error handling."""
+class RequestContext:
+    """Every line logged while a request is served carries its id (vmkit.logs)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = current_request_id.set(request_id(scope))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current_request_id.reset(token)
+
+
+class AccessLog(RequestContext):
+    """Logs method, path (never the query string, which may carry tokens), status, response bytes,
+    duration and request id; never other headers or bodies. A request that raises is logged as
+    500 and re-raised for the server's error handling."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,7 +58,6 @@ class AccessLog:
         started = time.perf_counter()
         status = 500
         sent_bytes = 0
-        # Every line logged while this request is served carries its id (vmkit.logs).
         token = current_request_id.set(request_id(scope))
 
         async def send_and_record(message: Message) -> None:

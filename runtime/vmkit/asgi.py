@@ -5,14 +5,23 @@ import orjson
 from starlette.types import Message, Receive, Send
 
 
-async def read_body(receive: Receive) -> bytes | None:
-    """The whole request body; None when the client went away first."""
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
+    """The whole request body; None when the client went away first. BodyTooLarge as soon as it
+    passes `limit` bytes."""
     chunks = []
+    received = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
         chunks.append(message.get("body", b""))
+        received += len(chunks[-1])
+        if limit is not None and received > limit:
+            raise BodyTooLarge
         if not message.get("more_body", False):
             return b"".join(chunks)
 

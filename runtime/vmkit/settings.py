@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="`critical`, `error`, `warning`, `info` or `debug`"
     )
+    api_max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="larger request bodies get 413 before the app reads them"
+    )
+    api_access_log: bool = Field(
+        default=True,
+        description="one JSON line per request from the app (the playbooks turn it off: nginx's "
+        "access log has the same record, for less CPU)",
+    )
 
     # Redis
     redis_url: str = Field(

@@ -1,9 +1,11 @@
 """The gunicorn worker class of the kit: uvicorn-worker's UvicornWorker, plus what every app gets
 without writing it:
 - a drain that loses no request (vmkit.draining);
-- one JSON access line per request (vmkit.access);
+- the request id on every log line, and one JSON access line per request unless API_ACCESS_LOG
+  is off (vmkit.access);
 - `Idempotency-Key` for POST and PATCH where there is Redis (vmkit.idempotency);
-- a 4xx instead of a 500 for hostile JSON (vmkit.bad_input);
+- 413 for bodies over API_MAX_BODY_BYTES (vmkit.body_limit), a 4xx instead of a 500 for hostile
+  JSON (vmkit.bad_input);
 - a record of the uvicorn Config it runs, so the probes report the parser in use (vmkit.runtime).
 """
 
@@ -13,7 +15,8 @@ from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
 from vmkit import bad_input, runtime
-from vmkit.access import AccessLog
+from vmkit.access import AccessLog, RequestContext
+from vmkit.body_limit import BodyLimit
 from vmkit.draining import DrainingHttpToolsProtocol
 from vmkit.idempotency import Idempotency
 from vmkit.settings import get_settings
@@ -34,6 +37,8 @@ class Worker(UvicornWorker):
             # gunicorn would respawn a worker that exits otherwise, forever; this code stops it.
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
         app = bad_input.install(self.wsgi)
-        if get_settings().redis_url:
+        settings = get_settings()
+        if settings.redis_url:
             app = Idempotency(app)
-        self.wsgi = AccessLog(app)
+        app = BodyLimit(app, settings.api_max_body_bytes)
+        self.wsgi = AccessLog(app) if settings.api_access_log else RequestContext(app)

@@ -34,7 +34,7 @@ def api(redis, tmp_path_factory) -> Iterator[Gunicorn]:
         API_ENV="production",
         APP_VERSION=APP_VERSION,
         CORS_ORIGINS=f"{CORS_ORIGIN}, https://other.example.test",
-        MAX_BODY_BYTES=str(MAX_BODY),
+        API_MAX_BODY_BYTES=str(MAX_BODY),
         REDIS_SOCKET_TIMEOUT="1",
         READY_HEARTBEAT_MAX_AGE="3",
     ).start()

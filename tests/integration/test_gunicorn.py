@@ -176,9 +176,9 @@ def test_without_asgi_app_gunicorn_says_which_setting_names_the_app():
 def test_a_bad_setting_of_the_app_stops_its_workers_naming_the_variable():
     # The app's own settings are read when a worker imports the app: gunicorn stops with
     # "worker failed to boot" (exit 3) and the worker's message.
-    result = run_gunicorn(ASGI_APP=EXAMPLE_APP, MAX_BODY_BYTES="12", API_WORKERS="1")
+    result = run_gunicorn(ASGI_APP=EXAMPLE_APP, SCHEDULER_TICK_SECONDS="0", API_WORKERS="1")
     assert result.returncode == 3
-    assert "invalid environment variable MAX_BODY_BYTES='12'" in result.stdout + result.stderr
+    assert "invalid environment variable SCHEDULER_TICK_SECONDS='0'" in result.stdout + result.stderr
 
 
 def test_starts_and_stays_live_while_redis_is_down(tmp_path):

@@ -29,9 +29,9 @@ def test_defaults_match_the_contract():
     assert settings.api_graceful_timeout == 30
     assert settings.api_control_socket == ""
     assert settings.api_workers >= 1
-    example = app_settings.AppSettings()
-    assert example.max_body_bytes == 1024 * 1024
-    assert example.cors_origins == []
+    assert settings.api_max_body_bytes == 1024 * 1024
+    assert settings.api_access_log is True
+    assert app_settings.AppSettings().cors_origins == []
 
 
 def test_the_version_defaults_to_the_distribution_that_provides_the_app(monkeypatch):
@@ -44,7 +44,7 @@ def test_the_version_defaults_to_the_distribution_that_provides_the_app(monkeypa
 def test_environment_overrides(monkeypatch):
     monkeypatch.setenv("API_ENV", "Production")
     monkeypatch.setenv("CORS_ORIGINS", "https://a.example.test, https://b.example.test,")
-    monkeypatch.setenv("MAX_BODY_BYTES", "4096")
+    monkeypatch.setenv("API_MAX_BODY_BYTES", "4096")
     monkeypatch.setenv("API_WORKERS", "7")
     monkeypatch.setenv("LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("APP_VERSION", "1.2.3+abc")
@@ -54,12 +54,12 @@ def test_environment_overrides(monkeypatch):
     assert settings.api_env == "production"
     assert settings.api_workers == 7
     assert settings.log_level == "debug"
+    assert settings.api_max_body_bytes == 4096
     assert settings.app_version == "1.2.3+abc"
     assert (settings.asgi_app, settings.ready_path) == ("shop.web:api", "/status/ready")
     assert kit_settings.get_settings() is settings
     example = app_settings.get_settings()
     assert example.cors_origins == ["https://a.example.test", "https://b.example.test"]
-    assert example.max_body_bytes == 4096
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_environment_overrides(monkeypatch):
         ("API_WORKERS", "two"),
         ("API_ENV", "staging"),
         ("REDIS_SOCKET_TIMEOUT", "0"),
-        ("MAX_BODY_BYTES", "10"),
+        ("API_MAX_BODY_BYTES", "10"),
         ("REDIS_KEY_PREFIX", "has space"),
         ("ASGI_APP", "app.main"),
         ("SCHEDULER_JOBS", "app/jobs.py"),
