@@ -109,7 +109,7 @@ def provision_and_measure(args, host: ApiHost) -> dict:
             "site.yml again": round(again.seconds, 1),
             "deploy.yml": round(deploy["run"].seconds, 1),
         },
-        "site_yml_again_changed": sum(h.get("changed", 0) for h in again.recap().values()),
+        "site_yml_again_changed": sum(h.get("changed", 0) for h in again.recap.values()),
         "workers": len(workers),
         **table,
         "disruptions": disruptions,
@@ -196,7 +196,7 @@ def chart(result: dict, path: Path) -> None:
 def machine() -> str:
     model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                  if line.startswith("model name"))
-    return f"{os.cpu_count()} CPUs ({model}), {Path('/etc/debian_version').read_text().strip()}"
+    return f"{os.cpu_count()} CPUs ({model}), Debian {Path('/etc/debian_version').read_text().strip()}"
 
 
 def main() -> None:

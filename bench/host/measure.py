@@ -185,15 +185,18 @@ def h2load(url: str, seconds: float, headers: dict) -> dict:
             command += ["-H", f"{name}: {value}"]
         done = subprocess.run([*command, url], capture_output=True, text=True, timeout=seconds + 60)
         rows = [line.split("\t") for line in log.read().splitlines() if line.count("\t") == 2]
-    durations = sorted(int(row[2]) / 1000 for row in rows)
-    summary = [line for line in done.stdout.splitlines() if line.startswith("finished in")]
-    if not durations or not summary:
+    # Only the streams that completed (status -1: still open when the duration ran out).
+    durations = sorted(int(row[2]) / 1000 for row in rows if row[1] != "-1")
+    lines = done.stdout.splitlines()
+    summary = [line for line in lines if line.startswith("finished in")]
+    statuses = [line for line in lines if line.startswith("status codes:")]
+    if not durations or not summary or not statuses:
         sys.exit(f"measure: h2load measured nothing for {url}:\n{done.stdout}\n{done.stderr}")
-    # "finished in 5.00s, 12345.67 req/s, 1.23MB/s"
+    # "finished in 5.00s, 12345.67 req/s, 1.23MB/s"; "status codes: 9 2xx, 0 3xx, 1 4xx, 0 5xx"
+    not_2xx = sum(int(part.split()[0]) for part in statuses[0].split(":")[1].split(",")[1:])
     return {"rps": float(summary[0].split(",")[1].split()[0]),
             "p50_ms": durations[len(durations) // 2], "p99_ms": durations[int(len(durations) * 0.99)],
-            "max_ms": durations[-1], "failed": sum(1 for row in rows if not row[1].startswith("2")),
-            "bytes_per_request": None}
+            "max_ms": durations[-1], "failed": not_2xx, "bytes_per_request": None}
 
 
 # ------------------------------------------------------------------ memory
