@@ -6,9 +6,11 @@ The suite keeps its hosts in their own directory, names and subnets, so an opera
 With E2E_INVENTORY set, the site tests run against that inventory's host instead (e.g. the Vagrant
 VM): E2E_HOST picks the host (default: the first of group api), E2E_CA the CA file (default:
 ca.pem next to the inventory), E2E_EXTRA_VARS adds `name=value ...` to every playbook run and to
-the SSH settings (e.g. ansible_user=vagrant ansible_ssh_private_key_file=...).
+the SSH settings (e.g. ansible_user=vagrant ansible_ssh_private_key_file=...; a value starting
+with [ or { is JSON).
 """
 
+import json
 import os
 import shlex
 import shutil
@@ -89,7 +91,8 @@ def api_host(request) -> Iterator[ApiHost]:
     if OPERATOR_INVENTORY:
         for pair in shlex.split(os.environ.get("E2E_EXTRA_VARS", "")):
             name, _, value = pair.partition("=")
-            extra_vars[name] = value
+            # A list or mapping as JSON, as ansible-playbook -e reads it (nginx_rate_limit_exempt=[...]).
+            extra_vars[name] = json.loads(value) if value.startswith(("[", "{")) else value
         ca = os.environ.get("E2E_CA")
         host = ApiHost.from_inventory(Path(OPERATOR_INVENTORY).resolve(), control_dir,
                                       name=os.environ.get("E2E_HOST"), ca=Path(ca).resolve() if ca else None,

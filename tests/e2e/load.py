@@ -39,14 +39,25 @@ class LoadResult:
     posts_ok: int = 0  # 2xx answers to POST /counters/<counter>: what the counter must hold
     failures: list[str] = field(default_factory=list)
     versions: Counter = field(default_factory=Counter)
+    retried: int = 0  # GETs sent again after the server closed their kept-alive connection unanswered
 
     @property
     def total(self) -> int:
         return self.ok + len(self.failures)
 
 
-async def _get(client: httpx.AsyncClient, target: Target, path: str, result: LoadResult) -> None:
-    response = await client.get(path, extensions=target.extensions())
+async def _get(client: httpx.AsyncClient, target: Target, path: str, result: LoadResult,
+               retry_closed: bool) -> None:
+    try:
+        response = await client.get(path, extensions=target.extensions())
+    except httpx.RemoteProtocolError:
+        if not retry_closed:
+            raise
+        # The server closed the kept-alive connection before answering (nginx's old workers do
+        # that to idle connections on reload). RFC 9112 9.3.1 lets a client send an idempotent
+        # request again on a new connection, as browsers and Go's client do; httpx does not.
+        result.retried += 1
+        response = await client.get(path, extensions=target.extensions())
     body = response.json() if response.status_code == 200 else None
     if body is not None and body.get("status") == "ok":
         result.ok += 1
@@ -64,8 +75,8 @@ async def _post(client: httpx.AsyncClient, target: Target, counter: str, result:
         result.failures.append(f"POST {response.status_code}: {response.text[:200]}")
 
 
-async def _client_loop(target: Target, path: str, counter: str | None, stop: asyncio.Event,
-                       result: LoadResult) -> None:
+async def _client_loop(target: Target, path: str, counter: str | None, retry_closed: bool,
+                       stop: asyncio.Event, result: LoadResult) -> None:
     """Keep-alive requests until stopped: GET path, alternating with a POST to the counter."""
     sent = 0
     async with target.client() as client:
@@ -75,7 +86,7 @@ async def _client_loop(target: Target, path: str, counter: str | None, stop: asy
                 if counter and sent % 2 == 0:
                     await _post(client, target, counter, result)
                 else:
-                    await _get(client, target, path, result)
+                    await _get(client, target, path, result, retry_closed)
             except (httpx.HTTPError, ValueError) as error:
                 result.failures.append(f"{type(error).__name__}: {error}")
 
@@ -89,16 +100,20 @@ def run_under_load(
     clients: int = 16,
     min_requests: int = 3000,
     max_seconds: float = 300.0,
+    retry_closed: bool = False,
 ) -> tuple[LoadResult, object]:
     """Start `clients` keep-alive clients, run `operation` once they are busy, keep the load up
     until the operation returned and at least `min_requests` were answered; return both results.
-    With `counter`, every other request is POST /counters/<counter> (not idempotent)."""
+    With `counter`, every other request is POST /counters/<counter> (not idempotent). With
+    `retry_closed`, a GET whose kept-alive connection the server closed unanswered is sent once
+    more, as HTTP allows (counted in `retried`)."""
     result = LoadResult()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
 
     async def drive() -> None:
-        await asyncio.gather(*(_client_loop(target, path, counter, stop, result) for _ in range(clients)))
+        await asyncio.gather(*(_client_loop(target, path, counter, retry_closed, stop, result)
+                               for _ in range(clients)))
 
     thread = threading.Thread(target=loop.run_until_complete, args=(drive(),), daemon=True)
     thread.start()

@@ -1,4 +1,8 @@
-"""The Vagrantfile operators use on their laptops (it cannot boot here: no usable hypervisor)."""
+"""The Vagrantfile operators use on their laptops, validated wherever vagrant is installed.
+
+`make vagrant-e2e` boots it for real (libvirt, a box built here) and runs part of the suite
+against the VM; this module is part of that run too.
+"""
 
 import os
 import shutil

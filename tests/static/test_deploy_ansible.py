@@ -70,6 +70,17 @@ def test_site_files_mode_needs_the_certificate_files(unreachable_inventory, tmp_
     assert "nginx_tls_cert_file" in output and "nginx_tls_key_file" in output
 
 
+def test_site_acme_mode_names_a_bad_server_and_a_missing_server_ca(unreachable_inventory, tmp_path):
+    result = playbook("-i", unreachable_inventory, "site.yml", "-e", json.dumps({
+        "nginx_tls_mode": "acme", "nginx_acme_email": "ops@example.org",
+        "nginx_acme_server": "http://ca.internal/directory", "nginx_acme_server_ca": f"{tmp_path}/missing.pem"}))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and output.count("TASK [") == 1, output
+    message = output[output.index("Fix these variables"):]
+    assert "nginx_acme_server must be an https://" in message
+    assert "nginx_acme_server_ca must name a CA certificate file" in message
+
+
 def test_site_passes_validation_with_a_good_inventory(unreachable_inventory):
     result = playbook("-i", unreachable_inventory, "site.yml")
     output = result.stdout + result.stderr
