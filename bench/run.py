@@ -175,9 +175,9 @@ def chart(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, (left, right) = pyplot.subplots(1, 2, figsize=(13, 5))
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(15, 5.5))
     health = [c for c in result["cells"] if c["route"] == "health" and c["protocol"] == "h1"]
-    left.barh([f"({c['server']}) {result['servers'][c['server']]}"[:48] for c in health],
+    left.barh([f"({c['server']}) {result['servers'][c['server']]}"[:62] for c in health],
               [c["rps"] for c in health], color="tab:blue")
     left.invert_yaxis()
     left.set_xlabel("/health, requests per second (HTTP/1.1, wrk -c64)")
