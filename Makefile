@@ -53,7 +53,7 @@ up: system-deps install
 down:
 	$(TESTHOST) down
 
-# The deployed stack against its peers on a fresh test host (bench/run.py; ~20 min, not a test).
+# The deployed stack against its peers on a fresh test host (bench/run.py; 15-20 min, not a test).
 .PHONY: bench
 bench: system-deps install
 	$(VENV)/bin/pip install -q -e '.[bench]'
