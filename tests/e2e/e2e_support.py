@@ -12,6 +12,8 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +67,23 @@ class TestHosts:
         """Where site.yml's self-signed mode keeps the CA for these hosts."""
         return self.dir / "ca.pem"
 
+
+
+@contextmanager
+def bare_host(prefix: str, net: int) -> Iterator[dict]:
+    """A bare host of one test module's own (PREFIX1 on 10.231.NET.0/24), removed afterwards:
+    its tools/testhost directory, its name and its variables in the written inventory."""
+    hosts = TestHosts(REPO / ".testhosts" / prefix, prefix=prefix, net=net)
+    try:
+        hosts.down()
+        (state,) = hosts.up(1)
+        listing = json.loads(subprocess.run(
+            [VENV_BIN / "ansible-inventory", "-i", hosts.inventory, "--list"],
+            capture_output=True, text=True, check=True, timeout=120).stdout)
+        yield {"dir": hosts.dir, "name": state["name"],
+               "access": listing["_meta"]["hostvars"][state["name"]]}
+    finally:
+        hosts.down()
 
 def address(host: dict) -> str:
     return f"10.231.{host['net']}.2"

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from e2e_support import REPO, VENV_BIN, ApiHost, TestHosts
+from e2e_support import ApiHost, bare_host
 from load import Target, run_under_load
 from support import stop_process, wait_until
 
@@ -64,17 +64,8 @@ def command_missing() -> str | None:
 @pytest.fixture(scope="module")
 def host(testhost_available) -> Iterator[dict]:
     """A bare host of this module's own (acme1, 10.231.141.2)."""
-    hosts = TestHosts(REPO / ".testhosts" / "acme", prefix="acme", net=NET)
-    try:
-        hosts.down()
-        (state,) = hosts.up(1)
-        listing = json.loads(subprocess.run(
-            [VENV_BIN / "ansible-inventory", "-i", hosts.inventory, "--list"],
-            capture_output=True, text=True, check=True, timeout=120).stdout)
-        yield {"dir": hosts.dir, "name": state["name"],
-               "access": listing["_meta"]["hostvars"][state["name"]]}
-    finally:
-        hosts.down()
+    with bare_host("acme", NET) as host:
+        yield host
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e_support import REPO, VENV_BIN, ApiHost, TestHosts
+from e2e_support import REPO, ApiHost, bare_host
 from load import Target, run_under_load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -35,17 +35,8 @@ SHOP_VARS = {
 @pytest.fixture(scope="module")
 def host(testhost_available) -> Iterator[dict]:
     """A bare host of this module's own (own1, 10.231.111.2)."""
-    hosts = TestHosts(REPO / ".testhosts" / "own", prefix="own", net=111)
-    try:
-        hosts.down()
-        (state,) = hosts.up(1)
-        listing = json.loads(subprocess.run(
-            [VENV_BIN / "ansible-inventory", "-i", hosts.inventory, "--list"],
-            capture_output=True, text=True, check=True, timeout=120).stdout)
-        yield {"dir": hosts.dir, "name": state["name"],
-               "access": listing["_meta"]["hostvars"][state["name"]]}
-    finally:
-        hosts.down()
+    with bare_host("own", 111) as host:
+        yield host
 
 
 def write_inventory(host: dict, filename: str, groups: list[str], variables: dict) -> Path:
