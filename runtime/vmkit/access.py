@@ -1,6 +1,7 @@
 """The request id of every request, and optionally one JSON access line per request with its
-duration (uvicorn's own access log has neither). The kit's worker wraps every app in one of the
-two, outermost, so the duration covers the app's own middleware too.
+duration (uvicorn's own access log has neither). The kit's worker wraps every app in
+RequestContext, outermost, and AccessLog just inside it where the line is on, so the line carries
+the id and its duration covers the kit's and the app's own middleware.
 
 Behind nginx the line is off (API_ACCESS_LOG=false): nginx's JSON access log records the same
 request id, status and duration (request_time, upstream_response_time) in buffered C, while the
@@ -45,10 +46,13 @@ class RequestContext:
             current_request_id.reset(token)
 
 
-class AccessLog(RequestContext):
-    """Logs method, path (never the query string, which may carry tokens), status, response bytes,
-    duration and request id; never other headers or bodies. A request that raises is logged as
-    500 and re-raised for the server's error handling."""
+class AccessLog:
+    """Logs method, path (never the query string, which may carry tokens), status, response bytes
+    and duration (and, inside RequestContext, the request id); never other headers or bodies. A
+    request that raises is logged as 500 and re-raised for the server's error handling."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,7 +62,6 @@ class AccessLog(RequestContext):
         started = time.perf_counter()
         status = 500
         sent_bytes = 0
-        token = current_request_id.set(request_id(scope))
 
         async def send_and_record(message: Message) -> None:
             nonlocal status, sent_bytes
@@ -83,4 +86,3 @@ class AccessLog(RequestContext):
                     "client": client[0] if client else None,
                 },
             )
-            current_request_id.reset(token)

@@ -41,4 +41,6 @@ class Worker(UvicornWorker):
         if settings.redis_url:
             app = Idempotency(app)
         app = BodyLimit(app, settings.api_max_body_bytes)
-        self.wsgi = AccessLog(app) if settings.api_access_log else RequestContext(app)
+        if settings.api_access_log:
+            app = AccessLog(app)
+        self.wsgi = RequestContext(app)
