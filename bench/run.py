@@ -14,6 +14,7 @@ import base64
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -59,7 +60,7 @@ def copy_tools(host: ApiHost) -> None:
 
 
 def measure(host: ApiHost, *args: str, timeout: float = 3600) -> dict:
-    result = host._run([*MEASURE, *args], "", check=True, timeout=timeout)
+    result = host.sh(shlex.join([*MEASURE[2:], *args]), timeout=timeout)
     return json.loads(result.stdout.splitlines()[-1])
 
 

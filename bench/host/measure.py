@@ -93,28 +93,24 @@ def servers(server_name: str, workers: str) -> list[Server]:
     asgi_app = env["ASGI_APP"]
     nginx_conf = Path("/etc/nginx/nginx.conf").read_text()
 
-    def kit_gunicorn(app: str) -> tuple[list[str], dict]:
-        port = free_port()
-        return ([str(VENV_BIN / "gunicorn"), "--config", str(RELEASE / "gunicorn.conf.py")],
-                {**env, "ASGI_APP": app, "API_BIND": f"127.0.0.1:{port}", "API_MAX_REQUESTS": "0",
-                 "PYTHONPATH": str(HERE)}), port
-
     def local(key: str, label: str, port: int, command: list[str], server_env: dict) -> Server:
         return Server(key, label, f"http://127.0.0.1:{port}", command, server_env)
 
-    (b_cmd, b_env), b_port = kit_gunicorn(asgi_app)
-    (g_cmd, g_env), g_port = kit_gunicorn("minimal_app:app")
-    (z_cmd, z_env), z_port = kit_gunicorn("app_gzip:app")
-    # The app compresses like the deployed nginx does: same level, same threshold.
-    z_env.update(BENCH_APP=asgi_app, BENCH_GZIP_LEVEL=nginx_directive(nginx_conf, "gzip_comp_level"),
-                 BENCH_GZIP_MIN_LENGTH=nginx_directive(nginx_conf, "gzip_min_length"))
+    def kit_gunicorn(key: str, label: str, app: str, **extra_env: str) -> Server:
+        """gunicorn with the release's gunicorn.conf.py (the kit's worker) on a TCP port."""
+        port = free_port()
+        command = [str(VENV_BIN / "gunicorn"), "--config", str(RELEASE / "gunicorn.conf.py")]
+        return local(key, label, port, command,
+                     {**env, "ASGI_APP": app, "API_BIND": f"127.0.0.1:{port}", "API_MAX_REQUESTS": "0",
+                      "PYTHONPATH": str(HERE), **extra_env})
+
     c_port, d_port, e1_port, e2_port = (free_port() for _ in range(4))
     uvicorn = [str(VENV_BIN / "uvicorn"), asgi_app, "--host", "127.0.0.1"]
     peers_env = {**env, "PYTHONPATH": str(next((RELEASE / "venv" / "lib").glob("python3*/site-packages")))}
     return [
         Server("a", "kit stack: nginx TLS -> socket -> gunicorn + kit worker",
                f"https://{server_name}"),
-        local("b", f"same app, gunicorn -w{workers} + kit worker, TCP", b_port, b_cmd, b_env),
+        kit_gunicorn("b", f"same app, gunicorn -w{workers} + kit worker, TCP", asgi_app),
         local("c", "naive: uvicorn, asyncio + h11, 1 process", c_port,
               [*uvicorn, "--port", str(c_port), "--loop", "asyncio", "--http", "h11"], env),
         local("d", "uvicorn, uvloop + httptools, 1 process", d_port,
@@ -128,8 +124,12 @@ def servers(server_name: str, workers: str) -> list[Server]:
                asgi_app], env),
         Server("f", "nginx alone, return 200, same TLS (ceiling)",
                f"https://{server_name}:{CEILING_PORT}"),
-        local("g", f"minimal FastAPI app, gunicorn -w{workers} + kit worker", g_port, g_cmd, g_env),
-        local("z", f"same app + GZipMiddleware, gunicorn -w{workers} + kit worker", z_port, z_cmd, z_env),
+        kit_gunicorn("g", f"minimal FastAPI app, gunicorn -w{workers} + kit worker", "minimal_app:app"),
+        # The app compresses like the deployed nginx does: same level, same threshold.
+        kit_gunicorn("z", f"same app + GZipMiddleware, gunicorn -w{workers} + kit worker", "app_gzip:app",
+                     BENCH_APP=asgi_app,
+                     BENCH_GZIP_LEVEL=nginx_directive(nginx_conf, "gzip_comp_level"),
+                     BENCH_GZIP_MIN_LENGTH=nginx_directive(nginx_conf, "gzip_min_length")),
     ]
 
 
