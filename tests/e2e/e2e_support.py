@@ -68,7 +68,6 @@ class TestHosts:
         return self.dir / "ca.pem"
 
 
-
 @contextmanager
 def bare_host(prefix: str, net: int) -> Iterator[dict]:
     """A bare host of one test module's own (PREFIX1 on 10.231.NET.0/24), removed afterwards:
@@ -84,6 +83,7 @@ def bare_host(prefix: str, net: int) -> Iterator[dict]:
                "access": listing["_meta"]["hostvars"][state["name"]]}
     finally:
         hosts.down()
+
 
 def address(host: dict) -> str:
     return f"10.231.{host['net']}.2"
