@@ -80,7 +80,7 @@ def render(root: Path, groups: tuple[str, ...] = ("api", "scheduler", "redis"),
     peers = peers or {}
     members = {group: [name for name, in_groups in peers.items() if group in in_groups] + (
         ["localhost"] if group in groups else []) for group in {*groups, *(g for gs in peers.values() for g in gs)}}
-    inventory.write_text("localhost ansible_connection=local" + (" private_address=10.0.0.5\n" if peers else "\n")
+    inventory.write_text("localhost ansible_connection=local" + (" base_private_address=10.0.0.5\n" if peers else "\n")
                          + "".join(f"{name} ansible_host={peer_address(i)}\n" for i, name in enumerate(peers))
                          + "".join(f"[{group}]\n" + "".join(f"{name}\n" for name in names)
                                    for group, names in members.items()))
