@@ -55,6 +55,12 @@ class Cluster:
     site_run: PlaybookRun
     first_version: str
 
+    def power(self, action: str, *args: str) -> None:
+        """tools/testhost poweroff/poweron; then the session's SSH master connections (ours and
+        Ansible's) are ended, so none is reused over a connection the host no longer knows."""
+        self.hosts.run(action, *args)
+        self.web[0].close()
+
     def ssh(self, name: str, command: str, check: bool = True) -> str:
         return self.hosts.ssh(name, command, check=check).stdout.strip()
 
@@ -276,11 +282,11 @@ def test_powered_off_web_host_is_routed_around_and_rejoins_by_itself(cluster):
 
     def power_cycle() -> dict[str, float]:
         marks = {"off": time.monotonic()}
-        cluster.hosts.run("poweroff", victim)
+        cluster.power("poweroff", victim)
         marks["gone"] = time.monotonic()
         time.sleep(off_seconds)  # the lb serves with one web host meanwhile
         marks["on"] = time.monotonic()
-        cluster.hosts.run("poweron", victim)
+        cluster.power("poweron", victim)
         marks["booted"] = time.monotonic()
         served = served_by(cluster, victim)
         wait_until(lambda: served_by(cluster, victim) > served + 50, 120,
@@ -312,7 +318,7 @@ def test_leader_schedulers_host_losing_power_hands_over_within_the_lease_ttl(clu
     last_before = cluster.ticks()[-1]
 
     cut = time.monotonic()
-    cluster.hosts.run("poweroff", "--hard", second)
+    cluster.power("poweroff", "--hard", second)
     wait_until(lambda: cluster.leader() == first, LEASE_TTL + 30, f"{first} to take over", interval=0.2)
     took_over = time.monotonic() - cut
     wait_until(lambda: len([t for t in cluster.ticks() if t > last_before]) >= 3, 30,
@@ -327,7 +333,7 @@ def test_leader_schedulers_host_losing_power_hands_over_within_the_lease_ttl(clu
     # (plus one acquire interval of at most 1 s) after the old one stopped renewing.
     assert max(gaps) <= LEASE_TTL + 1 + TICK, f"scheduled times skipped: {times}"
 
-    cluster.hosts.run("poweron", second)
+    cluster.power("poweron", second)
     wait_until(lambda: cluster.ssh(second, "systemctl is-active api-scheduler", check=False) == "active",
                60, f"api-scheduler on {second} after boot")
     assert cluster.leader() == first
