@@ -93,7 +93,7 @@ class Cluster:
 
 
 def write_inventory(hosts: TestHosts) -> Path:
-    names = [LB, *WEB, *SCHEDULERS[1:]]
+    names = [LB, *WEB, *SCHEDULERS]
     inventory = {"all": {
         "hosts": {name: {"ansible_host": address(name)} for name in names},
         "vars": {
