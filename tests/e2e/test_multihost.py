@@ -6,6 +6,7 @@ deploy and a rolling rollback, a web host powered off and back on, the leader sc
 losing power, and a release that cannot start stopping the rollout at its first batch.
 """
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -51,7 +52,8 @@ def address(name: str) -> str:
 @dataclass
 class Cluster:
     hosts: TestHosts
-    web: list[ApiHost]  # SSH as root, Redis as the API's user, and the playbooks over the inventory
+    web: list[ApiHost]  # SSH as root, and the playbooks over the inventory
+    redis_host: ApiHost  # the Redis host (redis-cli is there, not on the web hosts), as the API's Redis user
     site_run: PlaybookRun
     first_version: str
 
@@ -76,7 +78,7 @@ class Cluster:
                             verify=ssl.create_default_context(cafile=str(self.hosts.ca)))
 
     def release(self, name: str) -> str:
-        return self.ssh(name, "readlink /srv/api/current")
+        return self.ssh(name, "sudo -n readlink /srv/api/current")
 
     def version_on(self, name: str) -> str:
         """The version the API of a web host answers through its own socket (not through the lb)."""
@@ -85,11 +87,11 @@ class Cluster:
 
     def leader(self) -> str:
         """The host whose scheduler holds the lease ("" while nobody does)."""
-        lease = self.web[0].redis("GET", "api:scheduler:leader")
+        lease = self.redis_host.redis("GET", "api:scheduler:leader")
         return json.loads(lease)["id"].split(":")[0] if lease else ""
 
     def ticks(self) -> list[str]:
-        return self.web[0].redis("LRANGE", "api:example:ticks", "0", "-1").split()
+        return self.redis_host.redis("LRANGE", "api:example:ticks", "0", "-1").split()
 
 
 def write_inventory(hosts: TestHosts) -> Path:
@@ -132,7 +134,10 @@ def cluster(testhost_available) -> Iterator[Cluster]:
         run = web[0].playbook("site.yml")
         print(f"5 hosts booted in {booted:.0f} s, site.yml on all of them: {run.seconds:.0f} s")
         assert run.returncode == 0, str(run)
-        cluster = Cluster(hosts, web, run, first_version="")
+        # The same SSH settings, to the Redis host (it is no api host, which from_inventory wants).
+        redis_host = dataclasses.replace(web[0], name=REDIS, address=address(REDIS),
+                                         ssh_command=[*web[0].ssh_command[:-1], f"deploy@{address(REDIS)}"])
+        cluster = Cluster(hosts, web, redis_host, run, first_version="")
         cluster.first_version = cluster.version_on(WEB[0])
         yield cluster
     finally:
@@ -163,7 +168,7 @@ def under_load(cluster: Cluster, operation, min_requests: int = LOAD_REQUESTS) -
 
 
 def counted_posts(cluster: Cluster, run: LoadRun) -> int:
-    return int(cluster.web[0].redis("GET", f"api:counters:{run.counter}") or 0)
+    return int(cluster.redis_host.redis("GET", f"api:counters:{run.counter}") or 0)
 
 
 def assert_no_failures(cluster: Cluster, run: LoadRun) -> None:
@@ -230,7 +235,7 @@ def test_redis_is_reachable_from_web_and_scheduler_hosts_only(cluster):
     reach["controller"] = port_open(cluster, "controller", redis, 6379)
     print(f"TCP to Redis at {redis}:6379: {reach}")
     assert reach == {**dict.fromkeys((*WEB, SCHEDULERS[1]), True), LB: False, "controller": False}
-    assert cluster.web[1].redis("PING") == "PONG"
+    assert cluster.redis_host.redis("PING") == "PONG"
     # Without the password Redis refuses a host that may connect.
     assert "NOAUTH" in cluster.ssh(WEB[0], f"printf 'PING\\r\\n' | timeout 3 bash -c 'exec 3<>/dev/tcp/{redis}/6379; "
                                            "cat >&3; head -c 200 <&3'")
