@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import ssl
 import subprocess
@@ -126,6 +127,20 @@ def leftovers(hosts: TestHosts, states: list[dict]) -> list[str]:
     if hosts.inventory.exists():
         found.append("inventory")
     return found
+
+
+def broken_project(source: Path) -> Path:
+    """A copy of this repository (the example app) into source whose app raises on import: a
+    release that cannot start."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    with (source / "app" / "main.py").open("a") as main:
+        main.write('\nraise RuntimeError("e2e: this release cannot start")\n')
+    return source
 
 
 # ---------------------------------------------------------------- a host provisioned by deploy/ansible

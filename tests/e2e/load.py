@@ -38,8 +38,13 @@ class LoadResult:
     ok: int = 0
     posts_ok: int = 0  # 2xx answers to POST /counters/<counter>: what the counter must hold
     failures: list[str] = field(default_factory=list)
+    failed_at: list[float] = field(default_factory=list)  # time.monotonic() of each failure
     versions: Counter = field(default_factory=Counter)
     retried: int = 0  # GETs sent again after the server closed their kept-alive connection unanswered
+
+    def fail(self, what: str) -> None:
+        self.failures.append(what)
+        self.failed_at.append(time.monotonic())
 
     @property
     def total(self) -> int:
@@ -63,7 +68,7 @@ async def _get(client: httpx.AsyncClient, target: Target, path: str, result: Loa
         result.ok += 1
         result.versions[body.get("version")] += 1
     else:
-        result.failures.append(f"GET {response.status_code}: {response.text[:200]}")
+        result.fail(f"GET {response.status_code}: {response.text[:200]}")
 
 
 async def _post(client: httpx.AsyncClient, target: Target, counter: str, result: LoadResult) -> None:
@@ -72,7 +77,7 @@ async def _post(client: httpx.AsyncClient, target: Target, counter: str, result:
         result.ok += 1
         result.posts_ok += 1
     else:
-        result.failures.append(f"POST {response.status_code}: {response.text[:200]}")
+        result.fail(f"POST {response.status_code}: {response.text[:200]}")
 
 
 async def _client_loop(target: Target, path: str, counter: str | None, retry_closed: bool,
@@ -88,7 +93,7 @@ async def _client_loop(target: Target, path: str, counter: str | None, retry_clo
                 else:
                     await _get(client, target, path, result, retry_closed)
             except (httpx.HTTPError, ValueError) as error:
-                result.failures.append(f"{type(error).__name__}: {error}")
+                result.fail(f"{type(error).__name__}: {error}")
 
 
 def run_under_load(

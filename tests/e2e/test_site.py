@@ -10,7 +10,6 @@ whole. Against an operator's host instead of e2e1: see E2E_INVENTORY in conftest
 import asyncio
 import json
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_support import REPO, ApiHost, raw_request
+from e2e_support import ApiHost, broken_project, raw_request
 from load import LoadResult, Target, run_under_load
 from support import wait_until
 
@@ -529,15 +528,7 @@ def test_rollback_under_load_fails_no_request(site, first_release):
 
 
 def test_release_that_cannot_start_is_switched_back(site, first_release, tmp_path):
-    source = tmp_path / "broken"
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, source / name)
-    with (source / "app" / "main.py").open("a") as main:
-        main.write('\nraise RuntimeError("e2e: this release cannot start")\n')
+    source = broken_project(tmp_path / "broken")
     old = first_release["dir"]
     assert current_release(site) == old
 

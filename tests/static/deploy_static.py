@@ -55,9 +55,12 @@ class Rendered:
         return self.root / "nginx" / "nginx.conf"
 
 
-def render(root: Path, groups: tuple[str, ...] = ("api", "scheduler", "redis"), **overrides: object) -> Rendered:
+def render(root: Path, groups: tuple[str, ...] = ("api", "scheduler", "redis"),
+           peers: dict[str, tuple[str, ...]] | None = None, **overrides: object) -> Rendered:
     """Render every template of the deployment into root with ansible-playbook (tests/static/render.yml),
-    for a host in the given inventory groups; overrides are extra vars."""
+    for a host in the given inventory groups; peers are the other hosts of the inventory
+    ({"web1": ("api",)}, at 10.0.0.11, 10.0.0.12, ... in that order; localhost is 10.0.0.5);
+    overrides are extra vars."""
     nginx_dir = root / "nginx"
     for sub in ("units", "nginx/sites-enabled", "nginx/conf.d", "nginx/modules-enabled", "log"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -74,8 +77,13 @@ def render(root: Path, groups: tuple[str, ...] = ("api", "scheduler", "redis"), 
     }
     (root / "vars.json").write_text(json.dumps(variables))
     inventory = root / "inventory"
-    inventory.write_text("localhost ansible_connection=local\n"
-                         + "".join(f"[{group}]\nlocalhost\n" for group in groups))
+    peers = peers or {}
+    members = {group: [name for name, in_groups in peers.items() if group in in_groups] + (
+        ["localhost"] if group in groups else []) for group in {*groups, *(g for gs in peers.values() for g in gs)}}
+    inventory.write_text("localhost ansible_connection=local" + (" base_private_address=10.0.0.5\n" if peers else "\n")
+                         + "".join(f"{name} ansible_host={peer_address(i)}\n" for i, name in enumerate(peers))
+                         + "".join(f"[{group}]\n" + "".join(f"{name}\n" for name in names)
+                                   for group, names in members.items()))
     result = run(VENV_BIN / "ansible-playbook", "-i", inventory,
                  Path(__file__).with_name("render.yml"), "-e", f"@{root / 'vars.json'}",
                  env={"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"})
@@ -83,6 +91,11 @@ def render(root: Path, groups: tuple[str, ...] = ("api", "scheduler", "redis"), 
     for item in json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["results"]:
         (root / item["item"]["key"]).write_text(item["msg"])
     return Rendered(root)
+
+
+def peer_address(index: int) -> str:
+    """Address of the index-th peer of render()."""
+    return f"10.0.0.{11 + index}"
 
 
 def make_throwaway_cert(tls_dir: Path, name: str) -> None:

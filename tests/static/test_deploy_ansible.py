@@ -220,3 +220,35 @@ def test_only_the_app_role_defaults_name_the_example_app():
     assert found.returncode in (0, 1), found.stderr
     files = {line.split(":", 1)[0] for line in found.stdout.splitlines()}
     assert files == {"deploy/ansible/roles/app/defaults/main.yml"}, found.stdout
+
+
+@pytest.fixture
+def several_hosts(tmp_path) -> Path:
+    """An lb, two web hosts, Redis with a scheduler and a second scheduler (none reachable)."""
+    inventory = tmp_path / "several" / "inventory"
+    inventory.parent.mkdir()
+    inventory.write_text(
+        "[all:vars]\nansible_port=1\nansible_user=deploy\nnginx_server_name=several.static.test\n"
+        + "".join(f"[{group}]\n" + "".join(f"{name} ansible_host=127.0.0.{i}\n" for name, i in hosts)
+                  for group, hosts in (("lb", [("lb1", 2)]), ("api", [("web1", 3), ("web2", 4)]),
+                                       ("redis", [("sched1", 5)]), ("scheduler", [("sched1", 5), ("sched2", 6)]))))
+    return inventory
+
+
+def test_several_hosts_pass_validation(several_hosts):
+    result = playbook("-i", several_hosts, "site.yml")
+    output = result.stdout + result.stderr
+    assert "TASK [Gather facts]" in output and recap(output)["failed"] == 0, output
+
+
+def test_several_hosts_name_every_bad_setting_first(several_hosts):
+    text = several_hosts.read_text().replace("[api]\n", "[api]\nlb1\n").replace("127.0.0.6", "sched2.example.com")
+    several_hosts.write_text(text)
+    for name in ("site.yml", "deploy.yml"):
+        result = playbook("-i", several_hosts, name, "-e", '{"app_rollout_batch": "0"}')
+        output = " ".join((result.stdout + result.stderr).split())
+        assert result.returncode != 0 and output.count("TASK [") == 1, output
+        assert "app_rollout_batch must be" in output
+        if name == "site.yml":
+            assert "lb1 is in groups lb and api" in output
+            assert "base_private_address (default: ansible_host) must be an IP address" in output
