@@ -178,11 +178,22 @@ class PlaybookRun:
         return [block.split("]", 1)[0].split("[", 1)[1] for block in blocks
                 if block.startswith(("TASK", "RUNNING HANDLER")) and re.search(rf"^{status}: ", block, re.M)]
 
+    @property
+    def failures(self) -> list[str]:
+        """Each task that failed for some host (rescued ones too), with what it said: the fatal or
+        failed line and its indented result, at most 20 lines of it."""
+        blocks = re.split(r"^(?=(?:TASK|RUNNING HANDLER) \[)", self.output, flags=re.M)
+        return [block.split("\n", 1)[0] + "\n" + "\n".join(
+                    "\n".join(found.splitlines()[:20])
+                    for found in re.findall(r"^(?:fatal|failed): .*(?:\n[ \t]+\S.*)*", block, re.M))
+                for block in blocks if re.search(r"^(?:fatal|failed): ", block, re.M)]
+
     def __str__(self) -> str:
         lines = self.output.splitlines()
         shown = "\n".join(lines[-80:])
-        return (f"$ {' '.join(self.command)}\n(exit {self.returncode} after {self.seconds:.0f} s; "
-                f"last {min(80, len(lines))} of {len(lines)} lines)\n{shown}")
+        failed = "".join(f"{failure}\n" for failure in self.failures)
+        return (f"$ {' '.join(self.command)}\n(exit {self.returncode} after {self.seconds:.0f} s)\n"
+                f"{'failed tasks:' if failed else ''}\n{failed}last {min(80, len(lines))} of {len(lines)} lines:\n{shown}")
 
 
 @dataclass

@@ -153,9 +153,15 @@ def main() -> None:
                 shutil.copy2(wheel, staged / wheel.name)
             (staged / LOCK).write_bytes(lock)
             (staged / GUNICORN_CONF).write_bytes(gunicorn_conf)
-            if bundle.exists():
-                shutil.rmtree(bundle)
-            os.rename(staged, bundle)
+            # What an interrupted build left; a deploy running beside this one (another
+            # inventory, same controller) may finish the same release first: then it stands.
+            if bundle.exists() and not complete(bundle):
+                shutil.rmtree(bundle, ignore_errors=True)
+            try:
+                os.rename(staged, bundle)
+            except OSError:
+                if not complete(bundle):
+                    raise
 
     names = {w.name for w in bundle.glob("*.whl")}
     project_wheel = next(n for n in names if n.split("-")[0] == wheels["project"].name.split("-")[0])
