@@ -69,7 +69,7 @@ run: system-deps install
 # site.yml like an operator's, then the end-to-end checks below against the VM (E2E_INVENTORY);
 # afterwards nothing of the VM is left in libvirt. Its own target, not a pytest marker: the suite
 # must start with the VM's inventory in its environment. `make vagrant-down` cleans up by hand.
-VAGRANT_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils dnsmasq-base fdisk grub-pc-bin
+VAGRANT_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils dnsmasq-base fdisk grub-pc-bin python3-yaml
 VAGRANT_E2E_TESTS := provisions_a_bare_host or fast_runtime or restart_under_load or sandboxed or only_ssh_http_https or vagrantfile
 .PHONY: vagrant-deps vagrant-e2e vagrant-down
 
