@@ -38,14 +38,21 @@ def test_playbook_syntax(name, inventory):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def write_inventory(directory: Path, text: str) -> Path:
+    """An inventory in a directory of its own: the credentials a play settles are written beside it."""
+    directory.mkdir(exist_ok=True)
+    inventory = directory / "inventory"
+    inventory.write_text(text)
+    return inventory
+
+
 @pytest.fixture
 def unreachable_inventory(tmp_path) -> Path:
     """One host in every group that nothing can connect to (the port is closed)."""
-    inventory = tmp_path / "inventory"
-    inventory.write_text(
+    return write_inventory(
+        tmp_path,
         "[api]\nh1 ansible_host=127.0.0.1 ansible_port=1 ansible_user=deploy nginx_server_name=h1.static.test\n"
         "[scheduler]\nh1\n[redis]\nh1\n")
-    return inventory
 
 
 def test_site_names_every_bad_variable_in_its_first_task_and_changes_nothing(unreachable_inventory):
@@ -127,12 +134,10 @@ def test_another_project_passes_validation(unreachable_inventory, tmp_path):
 @pytest.fixture
 def inventory_without_redis(tmp_path) -> Path:
     """An API host and no host in group redis."""
-    inventory = tmp_path / "no-redis" / "inventory"
-    inventory.parent.mkdir()
-    inventory.write_text(
+    return write_inventory(
+        tmp_path / "no-redis",
         "[api]\nh1 ansible_host=127.0.0.1 ansible_port=1 ansible_user=deploy nginx_server_name=h1.static.test\n"
         "[scheduler]\nh1\n")
-    return inventory
 
 
 def test_a_scheduler_needs_a_redis_host(inventory_without_redis):
@@ -225,14 +230,12 @@ def test_only_the_app_role_defaults_name_the_example_app():
 @pytest.fixture
 def several_hosts(tmp_path) -> Path:
     """An lb, two web hosts, Redis with a scheduler and a second scheduler (none reachable)."""
-    inventory = tmp_path / "several" / "inventory"
-    inventory.parent.mkdir()
-    inventory.write_text(
+    return write_inventory(
+        tmp_path / "several",
         "[all:vars]\nansible_port=1\nansible_user=deploy\nnginx_server_name=several.static.test\n"
         + "".join(f"[{group}]\n" + "".join(f"{name} ansible_host=127.0.0.{i}\n" for name, i in hosts)
                   for group, hosts in (("lb", [("lb1", 2)]), ("api", [("web1", 3), ("web2", 4)]),
                                        ("redis", [("sched1", 5)]), ("scheduler", [("sched1", 5), ("sched2", 6)]))))
-    return inventory
 
 
 def test_several_hosts_pass_validation(several_hosts):
