@@ -38,7 +38,7 @@ lock: system-deps
 		--output-file $(PROJECT)/requirements.lock $(PROJECT)/pyproject.toml runtime/pyproject.toml
 
 test: system-deps install
-	$(VENV)/bin/pytest -ra
+	$(VENV)/bin/pytest -ra --durations=20
 
 # Local throw-away test hosts (systemd-nspawn, see tools/testhost); state lives in .testhosts/.
 TESTHOST := tools/testhost
