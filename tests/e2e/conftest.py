@@ -10,9 +10,7 @@ the SSH settings (e.g. ansible_user=vagrant ansible_ssh_private_key_file=...; a 
 with [ or { is JSON).
 """
 
-import json
 import os
-import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e_support import REPO, ApiHost, PlaybookRun, TestHosts
+from e2e_support import REPO, ApiHost, PlaybookRun, TestHosts, operator_extra_vars
 
 OPERATOR_INVENTORY = os.environ.get("E2E_INVENTORY")
 
@@ -89,10 +87,7 @@ def api_host(request) -> Iterator[ApiHost]:
     control_dir = Path(tempfile.mkdtemp(prefix="e2e-ssh-", dir="/tmp"))
     extra_vars = dict(SUITE_VARS)
     if OPERATOR_INVENTORY:
-        for pair in shlex.split(os.environ.get("E2E_EXTRA_VARS", "")):
-            name, _, value = pair.partition("=")
-            # A list or mapping as JSON, as ansible-playbook -e reads it (nginx_rate_limit_exempt=[...]).
-            extra_vars[name] = json.loads(value) if value.startswith(("[", "{")) else value
+        extra_vars.update(operator_extra_vars(os.environ.get("E2E_EXTRA_VARS", "")))
         ca = os.environ.get("E2E_CA")
         host = ApiHost.from_inventory(Path(OPERATOR_INVENTORY).resolve(), control_dir,
                                       name=os.environ.get("E2E_HOST"), ca=Path(ca).resolve() if ca else None,

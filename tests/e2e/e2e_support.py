@@ -86,6 +86,13 @@ def bare_host(prefix: str, net: int) -> Iterator[dict]:
         hosts.down()
 
 
+def operator_extra_vars(text: str) -> dict:
+    """E2E_EXTRA_VARS (`name=value ...`, split like a shell) as variables: a value starting with
+    [ or { is JSON, as ansible-playbook -e reads it (nginx_rate_limit_exempt='["127.0.0.0/8"]')."""
+    pairs = (pair.partition("=") for pair in shlex.split(text))
+    return {name: json.loads(value) if value.startswith(("[", "{")) else value for name, _, value in pairs}
+
+
 def address(host: dict) -> str:
     return f"10.231.{host['net']}.2"
 

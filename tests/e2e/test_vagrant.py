@@ -7,9 +7,10 @@ against the VM; this module is part of that run too.
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
-from e2e_support import REPO
+from e2e_support import REPO, operator_extra_vars
 
 pytestmark = pytest.mark.e2e
 
@@ -24,3 +25,22 @@ def test_vagrantfile_is_valid(tmp_path):
     result = subprocess.run([vagrant, "validate", "--ignore-provider"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_vm_settings_reach_the_suite_as_written(tmp_path):
+    """What `tools/vagrant-vm env` prints, evaluated by the shell as `make vagrant-e2e` does, is
+    what the suite's E2E_EXTRA_VARS parser reads (a list lost its JSON quotes here once, after a
+    39-minute `vagrant up`)."""
+    (tmp_path / "tools").mkdir()
+    for tool in ("vagrant-vm", "testhost"):
+        shutil.copy(REPO / "tools" / tool, tmp_path / "tools" / tool)
+    # The state `up` leaves: which libvirt domain type it used.
+    (tmp_path / ".vagrant").mkdir()
+    (tmp_path / ".vagrant" / "api-kit-driver").write_text("qemu")
+    exported = subprocess.run(
+        ["bash", "-c", 'eval "$("$1" "$2" env)" && printf %s "$E2E_EXTRA_VARS"', "env-check",
+         sys.executable, tmp_path / "tools" / "vagrant-vm"],
+        capture_output=True, text=True, check=True, timeout=60).stdout
+    extra_vars = operator_extra_vars(exported)
+    assert extra_vars["ansible_user"] == "vagrant"
+    assert extra_vars["nginx_rate_limit_exempt"] == ["127.0.0.0/8", "192.168.141.1/32"]
