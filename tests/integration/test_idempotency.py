@@ -72,20 +72,26 @@ def test_a_concurrent_repeat_gets_409_and_the_app_runs_once(redis, monkeypatch):
     kit_redis.client.cache_clear()
     runs = []
 
-    async def slow_app(scope, receive, send):
-        runs.append((await receive())["body"])
-        await asyncio.sleep(0.5)
-        await send({"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"text/plain")]})
-        await send({"type": "http.response.body", "body": b"created"})
-
     async def scenario():
+        started, finish = asyncio.Event(), asyncio.Event()
+
+        async def slow_app(scope, receive, send):
+            runs.append((await receive())["body"])
+            started.set()
+            await finish.wait()
+            await send({"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"created"})
+
         transport = httpx.ASGITransport(app=idempotency.Idempotency(slow_app))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             post = lambda: client.post("/things", content=b"{}", headers={"idempotency-key": "c-1"})  # noqa: E731
             first = asyncio.create_task(post())
-            await asyncio.sleep(0.2)
-            concurrent = await post()
-            done = await first
+            # The middleware claims the key before the app runs: the repeat comes while the first
+            # is surely in progress (a fixed delay lost that race once on a busy machine).
+            await asyncio.wait_for(started.wait(), 30)
+            concurrent = await asyncio.wait_for(post(), 30)
+            finish.set()
+            done = await asyncio.wait_for(first, 30)
             replay = await post()
         await kit_redis.close_client()
         return first, concurrent, done, replay
