@@ -13,9 +13,9 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -164,6 +164,8 @@ class PlaybookRun:
     returncode: int
     output: str
     seconds: float
+    # Asks the hosts where a task failed what systemd saw; called only when a failure is shown.
+    diagnose: Callable[[list[str]], str] | None = field(default=None, repr=False)
 
     @property
     def recap(self) -> dict[str, dict[str, int]]:
@@ -195,12 +197,19 @@ class PlaybookRun:
                     for found in re.findall(r"^(?:fatal|failed): .*(?:\n[ \t]+\S.*)*", block, re.M))
                 for block in blocks if re.search(r"^(?:fatal|failed): ", block, re.M)]
 
+    @property
+    def failed_hosts(self) -> list[str]:
+        return [host for host, counts in self.recap.items() if counts.get("failed")]
+
     def __str__(self) -> str:
         lines = self.output.splitlines()
         shown = "\n".join(lines[-80:])
         failed = "".join(f"{failure}\n" for failure in self.failures)
+        seen = (f"what systemd saw there:\n{self.diagnose(self.failed_hosts)}\n"
+                if self.returncode and self.failed_hosts and self.diagnose else "")
         return (f"$ {' '.join(self.command)}\n(exit {self.returncode} after {self.seconds:.0f} s)\n"
-                f"{'failed tasks:' if failed else ''}\n{failed}last {min(80, len(lines))} of {len(lines)} lines:\n{shown}")
+                f"{'failed tasks:' if failed else ''}\n{failed}{seen}"
+                f"last {min(80, len(lines))} of {len(lines)} lines:\n{shown}")
 
 
 @dataclass
@@ -295,13 +304,26 @@ class ApiHost:
     def playbook(self, playbook: str, *args: str, timeout: float = 900) -> PlaybookRun:
         command = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory),
                    str(ANSIBLE_DIR / playbook), "-e", json.dumps(self.extra_vars), *args]
+        started = time.monotonic()
+        result = self._ansible(command, timeout)
+        return PlaybookRun(command, result.returncode, result.stdout + result.stderr,
+                           time.monotonic() - started, diagnose=self.systemd_failures)
+
+    def systemd_failures(self, hosts: list[str]) -> str:
+        """The failed units and this boot's warnings on some hosts of the inventory."""
+        try:
+            result = self._ansible([str(VENV_BIN / "ansible"), ":".join(hosts), "-i", str(self.inventory),
+                                    "-e", json.dumps(self.extra_vars), "--become", "-m", "ansible.builtin.shell",
+                                    "-a", "systemctl --failed --no-legend --no-pager; "
+                                          "journalctl -b -p warning -n 40 --no-pager -o short-monotonic"], 120)
+        except subprocess.TimeoutExpired:
+            return "(no answer within 120 s)"
+        return result.stdout + result.stderr
+
+    def _ansible(self, command: list[str], timeout: float) -> subprocess.CompletedProcess:
         env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
                "ANSIBLE_NOCOLOR": "1", "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.control_dir)}
-        started = time.monotonic()
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout,
-                                cwd=REPO)
-        return PlaybookRun(command, result.returncode, result.stdout + result.stderr,
-                           time.monotonic() - started)
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
 
     # ------------------------------------------------------------ HTTPS from the controller
 
