@@ -46,3 +46,5 @@ def test_vm_settings_reach_the_suite_as_written(tmp_path):
     extra_vars = operator_extra_vars(exported)
     assert extra_vars["ansible_user"] == "vagrant"
     assert extra_vars["nginx_rate_limit_exempt"] == ["127.0.0.0/8", "192.168.141.1/32"]
+    assert extra_vars["ansible_ssh_common_args"] == (
+        f"-o UserKnownHostsFile={tmp_path}/.vagrant/api-kit-known_hosts -o StrictHostKeyChecking=accept-new")
