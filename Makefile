@@ -30,12 +30,16 @@ install: $(VENV)/.installed
 #   make lock PROJECT=/path/to/your/project
 PROJECT ?= .
 LOCK_VENV := .lock-venv
+# The lock names no path of this controller (it is committed with the project): the header shows
+# this make command, and the project's own pyproject.toml is named relative to the project.
 lock: system-deps
 	/usr/bin/python3 -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install -q pip-tools
-	$(LOCK_VENV)/bin/pip-compile -q --generate-hashes --strip-extras --allow-unsafe \
+	CUSTOM_COMPILE_COMMAND="make lock PROJECT=<the project>" $(LOCK_VENV)/bin/pip-compile -q \
+		--generate-hashes --strip-extras --allow-unsafe \
 		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
 		--output-file $(PROJECT)/requirements.lock $(PROJECT)/pyproject.toml runtime/pyproject.toml
+	sed -i 's|$(abspath $(PROJECT))/||g' $(PROJECT)/requirements.lock
 
 test: system-deps install
 	$(VENV)/bin/pytest -ra --durations=20

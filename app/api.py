@@ -1,7 +1,8 @@
 """The example app's routes: a Redis-backed cache, a large JSON response, the scheduler's jobs.
 
-Redis comes from the kit (vmkit.redis): the process's pool, and `redis_call`, which turns an
-outage into a 503 instead of a 500 or a hung request.
+Redis comes from the kit (vmkit.redis): the cache Redis (`cache_client`, which evicts when full)
+for the cache, the data Redis (`client`, which never does) for the counters, and `redis_call`,
+which turns an outage into a 503 instead of a 500 or a hung request.
 """
 
 import logging
@@ -13,7 +14,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from redis.asyncio import Redis
 
-from vmkit.redis import client, redis_call
+from vmkit.redis import cache_client, client, redis_call
 from vmkit.scheduler import state as schedule_state
 from vmkit.settings import get_settings
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 # What the routes answer besides 200 and FastAPI's own 422, for the OpenAPI schema.
 REDIS_DOWN = {503: {"description": "Redis unavailable; nothing was done"}}
+DATA_FULL = {507: {"description": "the data Redis is full; nothing was written"}}
 NOT_FOUND = {404: {"description": "no such key"}}
 BAD_JSON = {400: {"description": "malformed JSON body (the kit answers it before the route)"}}
 
@@ -79,7 +81,7 @@ async def _get_with_ttl(redis: Redis, name: str) -> list:
 
 @router.get("/cache/{key}", responses={**NOT_FOUND, **REDIS_DOWN})
 async def cache_get(key: CacheKey) -> Response:
-    value, ttl = await redis_call(_get_with_ttl(client(), _cache_key(key)))
+    value, ttl = await redis_call(_get_with_ttl(cache_client(), _cache_key(key)))
     if value is None:
         return JSONBytes({"detail": "key not found"}, status_code=404)
     return JSONBytes({"key": key, "value": value, "ttl": ttl if ttl >= 0 else None})
@@ -87,13 +89,13 @@ async def cache_get(key: CacheKey) -> Response:
 
 @router.put("/cache/{key}", responses={**BAD_JSON, **REDIS_DOWN})
 async def cache_put(key: CacheKey, body: CacheValue) -> Response:
-    await redis_call(client().set(_cache_key(key), body.value, ex=body.ttl))
+    await redis_call(cache_client().set(_cache_key(key), body.value, ex=body.ttl))
     return JSONBytes({"key": key, "ttl": body.ttl})
 
 
 @router.delete("/cache/{key}", status_code=204, responses={**NOT_FOUND, **REDIS_DOWN})
 async def cache_delete(key: CacheKey) -> Response:
-    deleted = await redis_call(client().delete(_cache_key(key)))
+    deleted = await redis_call(cache_client().delete(_cache_key(key)))
     if not deleted:
         return JSONBytes({"detail": "key not found"}, status_code=404)
     # The kit adds the request's id (X-Request-ID) to this line, as to every line of the request.
@@ -110,6 +112,7 @@ CounterName = Annotated[
 
 @router.post("/counters/{name}", responses={
     **REDIS_DOWN,
+    **DATA_FULL,
     **BAD_JSON,
     409: {"description": "a request with the same Idempotency-Key is still running"},
 })

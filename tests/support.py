@@ -178,6 +178,7 @@ class Gunicorn(Process):
         self.port = free_port()
         settings = {"ASGI_APP": EXAMPLE_APP, "API_BIND": f"127.0.0.1:{self.port}",
                     "API_WORKERS": "2", "API_GRACEFUL_TIMEOUT": "10", **env}
+        self.health_path = settings.get("HEALTH_PATH", "/health")
         super().__init__([str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py"],
                          base_env(**settings), log_path)
 
@@ -193,11 +194,11 @@ class Gunicorn(Process):
             if self.proc.poll() is not None:
                 raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+                return httpx.get(f"{self.url}{self.health_path}", timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        wait_until(healthy, timeout, "gunicorn to serve /health")
+        wait_until(healthy, timeout, f"gunicorn to serve {self.health_path}")
         return self
 
     def worker_pids(self) -> set[int]:

@@ -9,7 +9,7 @@ request runs at most once per key, so a client may retry it safely after any fai
 - the same key with another request: 422;
 - a response of 500 or above is not kept: the key is released, so a retry runs the request again
   (a 5xx from the kit means nothing was done; an app's own 500 is a bug to fix);
-- Redis unavailable: 503, and the app does not run.
+- Redis unavailable: 503 (507 when the data Redis is full), and the app does not run.
 
 The kit's worker puts this in front of every app when REDIS_URL is set; without Redis the header
 is not honoured (the README says so).
@@ -80,8 +80,8 @@ class Idempotency:
             if not claimed:
                 await self._answer_repeat(redis_key, request_fingerprint, send)
                 return
-        except RedisUnavailable:
-            await send_json(send, 503, {"detail": "redis unavailable"})
+        except RedisUnavailable as error:
+            await send_json(send, error.status, {"detail": error.detail})
             return
         await self._run_once(scope, body, receive, send, redis_key, request_fingerprint)
 

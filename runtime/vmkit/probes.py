@@ -3,7 +3,8 @@
 - HEALTH_PATH (/health): 200 while the process serves, whatever Redis does; names the version,
   the worker id, the pid and the loop and parser in use.
 - READY_PATH (/ready): 200 when every dependency the deployment has answers: Redis when REDIS_URL
-  is set, a fresh scheduler heartbeat when SCHEDULER_JOBS is set; 503 naming what failed.
+  is set (and the cache Redis when REDIS_CACHE_URL is), a fresh scheduler heartbeat when SCHEDULER_JOBS is set; 503 naming what failed.
+  When both settings name one path, that path answers readiness.
 
 The deploy gate and nginx use the same two paths (from the same settings).
 The router's lifespan reports the runtime at start and closes the process's Redis pool at exit;
@@ -17,9 +18,10 @@ from contextlib import asynccontextmanager
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
+from redis.asyncio import Redis
 
 from vmkit import runtime
-from vmkit.redis import RedisUnavailable, client, close_client, redis_call
+from vmkit.redis import RedisUnavailable, cache_client, client, close_client, redis_call
 from vmkit.scheduler import state as schedule_state
 from vmkit.settings import Settings, get_settings
 
@@ -40,7 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
             "runtime": {"loop": current.loop, "http": current.http},
         }
     )
-    if settings.redis_url and not (redis := await _redis_check(settings))["ok"]:
+    if settings.redis_url and not (redis := await _redis_check(client(), settings))["ok"]:
         # Informational only: a worker must start (and answer liveness) while Redis is down.
         log.warning("redis unreachable at start-up; readiness answers 503 until it is back",
                     extra={"error": redis["error"]})
@@ -64,7 +66,9 @@ async def ready() -> Response:
     settings = get_settings()
     checks: dict[str, dict] = {}
     if settings.redis_url:
-        checks["redis"] = await _redis_check(settings)
+        checks["redis"] = await _redis_check(client(), settings)
+    if settings.redis_cache_url:
+        checks["redis_cache"] = await _redis_check(cache_client(), settings)
     if settings.scheduler_jobs:
         # Without REDIS_URL the scheduler has no Redis either: not ready, rather than a 500.
         redis_ok = checks.get("redis", {}).get("ok", False)
@@ -75,10 +79,10 @@ async def ready() -> Response:
                     media_type="application/json")
 
 
-async def _redis_check(settings: Settings) -> dict:
+async def _redis_check(redis: Redis, settings: Settings) -> dict:
     started = time.perf_counter()
     try:
-        await redis_call(client().ping(), settings)
+        await redis_call(redis.ping(), settings)
     except RedisUnavailable as error:
         return {"ok": False, "error": f"redis unavailable ({error})"}
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
@@ -116,8 +120,9 @@ async def _scheduler_check(settings: Settings, redis_ok: bool) -> dict:
 
 
 NOT_READY = {503: {"description": "a dependency of the deployment is down; the body names which"}}
-for path, endpoint, responses in ((get_settings().health_path, health, {}),
-                                  (get_settings().ready_path, ready, NOT_READY)):
+# One path for both (an app with a single probe route) answers readiness: ready implies alive.
+PROBES = {get_settings().health_path: (health, {}), get_settings().ready_path: (ready, NOT_READY)}
+for path, (endpoint, responses) in PROBES.items():
     router.add_api_route(path, endpoint, methods=["GET"], responses=responses)
     # Monitors probe with HEAD too (uvicorn then sends the headers only).
     router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)

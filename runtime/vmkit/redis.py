@@ -1,8 +1,15 @@
-"""Redis for the kit and the apps: one bounded connection pool per process, and the 503 path.
+"""Redis for the kit and the apps: bounded connection pools per process, and the 503/507 path.
 
-An app that uses Redis takes the process's pool from `client()` and wraps each round trip in
-`redis_call`, which turns an outage into `RedisUnavailable`; `install_unavailable_handler(app)`
-answers that with 503.
+Two Redis servers, two pools:
+- `client()`, the data Redis (REDIS_URL): the kit's state (scheduler lease, run records,
+  idempotency records) and whatever the app must not lose. It never evicts: when it is full,
+  writes fail and the request gets 507.
+- `cache_client()`, the cache Redis (REDIS_CACHE_URL): what the app can rebuild; when full it
+  drops the least recently used keys, so a flood of cache writes never touches the data. Without
+  REDIS_CACHE_URL it is the data Redis (a laptop with one redis-server).
+
+Wrap each round trip in `redis_call`, which turns an outage into `RedisUnavailable` and a full
+data Redis into `RedisFull`; `install_unavailable_handler(app)` answers them with 503 and 507.
 """
 
 import asyncio
@@ -16,7 +23,7 @@ import redis.asyncio as redis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -37,21 +44,34 @@ WARNING_INTERVAL = 10.0
 
 
 class RedisUnavailable(Exception):
-    """Redis is down, too slow, or not configured. Carries no connection details, which may hold
-    credentials."""
+    """Redis is down, too slow, or not configured: nothing was done. Carries no connection
+    details, which may hold credentials."""
+
+    status = 503
+    detail = "redis unavailable"
 
 
-def create_redis(settings: Settings) -> redis.Redis:
-    """A client owning a bounded pool; every wait in it (connect, read, pool checkout) is bounded.
+class RedisFull(RedisUnavailable):
+    """The data Redis reached its maxmemory and refuses writes (it never evicts): nothing was
+    written."""
+
+    status = 507
+    detail = "storage full: the data Redis reached its memory limit; nothing was written"
+
+
+def create_redis(settings: Settings, url: str | None = None) -> redis.Redis:
+    """A client of the Redis at `url` (default REDIS_URL) owning a bounded pool; every wait in it
+    (connect, read, pool checkout) is bounded.
 
     The pool is lazy: nothing connects until the first command, so creating it never fails
     because Redis is down.
     """
-    if not settings.redis_url:
+    url = settings.redis_url if url is None else url
+    if not url:
         raise RedisUnavailable("REDIS_URL is not set")
     timeout = settings.redis_socket_timeout
     pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
+        url,
         max_connections=settings.redis_max_connections,
         # Waiting for a free pooled connection counts against the same budget as a socket read.
         timeout=timeout,
@@ -68,14 +88,24 @@ def create_redis(settings: Settings) -> redis.Redis:
 
 @lru_cache(maxsize=1)
 def client() -> redis.Redis:
-    """The pool of this process (an API worker imports the app after the fork: one per worker)."""
+    """The data Redis pool of this process (an API worker imports the app after the fork: one
+    per worker)."""
     return create_redis(get_settings())
 
 
+@lru_cache(maxsize=1)
+def cache_client() -> redis.Redis:
+    """The cache Redis pool of this process; the data Redis's when REDIS_CACHE_URL is not set."""
+    settings = get_settings()
+    return create_redis(settings, settings.redis_cache_url) if settings.redis_cache_url else client()
+
+
 async def close_client() -> None:
-    if client.cache_info().currsize:
-        await client().aclose()
-        client.cache_clear()
+    """Closes this process's pools (both, when they differ)."""
+    for cached in (cache_client, client):
+        if cached.cache_info().currsize:
+            await cached().aclose()
+            cached.cache_clear()
 
 
 async def redis_call(awaitable: Awaitable[T], settings: Settings | None = None) -> T:
@@ -87,6 +117,8 @@ async def redis_call(awaitable: Awaitable[T], settings: Settings | None = None) 
             return await awaitable
     except TimeoutError as error:
         raise RedisUnavailable("timeout") from error
+    except OutOfMemoryError as error:
+        raise RedisFull("maxmemory") from error
     except RedisError as error:
         raise RedisUnavailable(type(error).__name__) from error
 
@@ -94,15 +126,16 @@ async def redis_call(awaitable: Awaitable[T], settings: Settings | None = None) 
 _last_warning = -WARNING_INTERVAL
 
 
-async def _answer_503(request: Request, error: Exception) -> JSONResponse:
+async def _answer(request: Request, error: RedisUnavailable) -> JSONResponse:
     global _last_warning
     now = time.monotonic()
     if now - _last_warning >= WARNING_INTERVAL:
         _last_warning = now
-        log.warning("redis unavailable", extra={"error": str(error.__cause__ or error)})
-    return JSONResponse({"detail": "redis unavailable"}, status_code=503)
+        log.warning(error.detail, extra={"error": str(error.__cause__ or error)})
+    return JSONResponse({"detail": error.detail}, status_code=error.status)
 
 
 def install_unavailable_handler(app) -> None:
-    """Requests that meet a Redis outage get 503 (never 500, never a hung worker)."""
-    app.add_exception_handler(RedisUnavailable, _answer_503)
+    """Requests that meet a Redis outage get 503, and writes to a full data Redis 507 (never 500,
+    never a hung worker)."""
+    app.add_exception_handler(RedisUnavailable, _answer)

@@ -65,7 +65,13 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         default="",
         pattern=r"^((rediss?|unix)://.*)?$",
-        description="`redis://`, `rediss://` or `unix://` with the password; empty: no Redis",
+        description="the data Redis (never evicts), `redis://`, `rediss://` or `unix://` with the "
+        "password; empty: no Redis",
+    )
+    redis_cache_url: str = Field(
+        default="",
+        pattern=r"^((rediss?|unix)://.*)?$",
+        description="the cache Redis (evicts when full), as REDIS_URL; empty: caches go to REDIS_URL",
     )
     redis_socket_timeout: float = Field(
         default=2.0, gt=0, le=60, description="seconds; no Redis call waits longer"
@@ -178,7 +184,7 @@ def distribution_version(import_path: str) -> str:
 
 
 # Values that may carry credentials are never echoed back in an error message.
-_SECRET_FIELDS = {"redis_url"}
+_SECRET_FIELDS = {"redis_url", "redis_cache_url"}
 
 S = TypeVar("S", bound=BaseSettings)
 

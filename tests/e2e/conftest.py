@@ -23,12 +23,14 @@ from e2e_support import REPO, ApiHost, PlaybookRun, TestHosts, operator_extra_va
 OPERATOR_INVENTORY = os.environ.get("E2E_INVENTORY")
 
 # Settings of the host under test that differ from an operator's: the example job ticks every
-# second instead of every minute, so the scheduler tests see many runs in a few seconds; and the
+# second instead of every minute, so the scheduler tests see many runs in a few seconds; the
 # example app's costly route has its own limit, as in the example inventory but one per 30 s, so
-# that a p99 measured for several seconds after the first one sees none of the next.
+# that a p99 measured for several seconds after the first one sees none of the next; and the cache
+# Redis is small, so that flooding it twice over takes seconds (test_state).
 SUITE_VARS = {
     "app_extra_env": {"SCHEDULER_TICK_SECONDS": 1},
     "nginx_costly_locations": [{"path": "/large-response", "rate": "2r/m", "burst": 1}],
+    "redis_cache_maxmemory": "32mb",
 }
 
 

@@ -80,8 +80,10 @@ def bare_host(prefix: str, net: int) -> Iterator[dict]:
         listing = json.loads(subprocess.run(
             [VENV_BIN / "ansible-inventory", "-i", hosts.inventory, "--list"],
             capture_output=True, text=True, check=True, timeout=120).stdout)
-        yield {"dir": hosts.dir, "name": state["name"],
-               "access": listing["_meta"]["hostvars"][state["name"]]}
+        # How to reach the host, without the settings of the example app tools/testhost adds.
+        hostvars = listing["_meta"]["hostvars"][state["name"]]
+        access = {k: v for k, v in hostvars.items() if k.startswith("ansible_") or k == "nginx_server_name"}
+        yield {"dir": hosts.dir, "name": state["name"], "access": access}
     finally:
         hosts.down()
 
@@ -279,6 +281,19 @@ class ApiHost:
             raise AssertionError(f"on {self.name}, exit {result.returncode}:\n{script}\n"
                                  f"stdout: {result.stdout}\nstderr: {result.stderr}")
         return result
+
+    def log_lines(self, path: str, containing: str = "") -> list[str]:
+        """The complete lines of a log another process writes (nginx writes its buffer whenever
+        it is full or a second old, so the last line may be half written): only lines that end in
+        a newline, and only those containing `containing`."""
+        code = (f"import sys\ntext = open({path!r}, errors='replace').read()\n"
+                f"lines = text[:text.rfind(chr(10)) + 1].splitlines()\n"
+                f"sys.stdout.write(''.join(line + chr(10) for line in lines if {containing!r} in line))\n")
+        return self.python(code).stdout.splitlines()
+
+    def log_records(self, path: str, containing: str = "") -> list[dict]:
+        """log_lines of a JSON-lines log, parsed."""
+        return [json.loads(line) for line in self.log_lines(path, containing)]
 
     def unit(self, unit: str, *properties: str) -> dict[str, str]:
         out = self.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in properties)).stdout

@@ -36,7 +36,7 @@ class Target:
 @dataclass
 class LoadResult:
     ok: int = 0
-    posts_ok: int = 0  # 2xx answers to POST /counters/<counter>: what the counter must hold
+    posts_ok: int = 0  # 2xx answers to the POSTs: what the counter (or table) must hold
     failures: list[str] = field(default_factory=list)
     failed_at: list[float] = field(default_factory=list)  # time.monotonic() of each failure
     versions: Counter = field(default_factory=Counter)
@@ -71,25 +71,25 @@ async def _get(client: httpx.AsyncClient, target: Target, path: str, result: Loa
         result.fail(f"GET {response.status_code}: {response.text[:200]}")
 
 
-async def _post(client: httpx.AsyncClient, target: Target, counter: str, result: LoadResult) -> None:
-    response = await client.post(f"/counters/{counter}", extensions=target.extensions())
-    if response.status_code == 200 and response.json().get("name") == counter:
+async def _post(client: httpx.AsyncClient, target: Target, post_path: str, result: LoadResult) -> None:
+    response = await client.post(post_path, extensions=target.extensions())
+    if response.is_success:
         result.ok += 1
         result.posts_ok += 1
     else:
         result.fail(f"POST {response.status_code}: {response.text[:200]}")
 
 
-async def _client_loop(target: Target, path: str, counter: str | None, retry_closed: bool,
+async def _client_loop(target: Target, path: str, post_path: str | None, retry_closed: bool,
                        stop: asyncio.Event, result: LoadResult) -> None:
-    """Keep-alive requests until stopped: GET path, alternating with a POST to the counter."""
+    """Keep-alive requests until stopped: GET path, alternating with a POST to post_path."""
     sent = 0
     async with target.client() as client:
         while not stop.is_set():
             sent += 1
             try:
-                if counter and sent % 2 == 0:
-                    await _post(client, target, counter, result)
+                if post_path and sent % 2 == 0:
+                    await _post(client, target, post_path, result)
                 else:
                     await _get(client, target, path, result, retry_closed)
             except (httpx.HTTPError, ValueError) as error:
@@ -102,6 +102,7 @@ def run_under_load(
     *,
     path: str = "/health",
     counter: str | None = None,
+    post_path: str | None = None,
     clients: int = 16,
     min_requests: int = 3000,
     max_seconds: float = 300.0,
@@ -109,7 +110,9 @@ def run_under_load(
 ) -> tuple[LoadResult, object]:
     """Start `clients` keep-alive clients, run `operation` once they are busy, keep the load up
     until the operation returned and at least `min_requests` were answered; return both results.
-    With `counter`, every other request is POST /counters/<counter> (not idempotent). With
+    With `post_path` (or `counter`, for the example app's POST /counters/<counter>), every other
+    request is a POST there, which is not idempotent: each 2xx answer must have done its work
+    exactly once. GETs of `path` must answer 200 with {"status": "ok", "version": ...}. With
     `retry_closed`, a GET whose kept-alive connection the server closed unanswered is sent once
     more, as HTTP allows (counted in `retried`)."""
     result = LoadResult()
@@ -117,7 +120,8 @@ def run_under_load(
     stop = asyncio.Event()
 
     async def drive() -> None:
-        await asyncio.gather(*(_client_loop(target, path, counter, retry_closed, stop, result)
+        posts = post_path or (f"/counters/{counter}" if counter else None)
+        await asyncio.gather(*(_client_loop(target, path, posts, retry_closed, stop, result)
                                for _ in range(clients)))
 
     thread = threading.Thread(target=loop.run_until_complete, args=(drive(),), daemon=True)

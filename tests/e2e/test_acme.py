@@ -182,9 +182,8 @@ def test_site_yml_gets_the_certificate_over_http01(site):
     assert "nginx : Request the certificate" in run.tasks_with("changed")
     # pebble fetched the token (once per validation attempt) from the controller through the
     # kit's port 80 location.
-    log = site.sh("grep -h acme-challenge /var/log/nginx/access.log || true").stdout
-    fetches = {(f["remote_addr"], f["status"]) for f in map(json.loads, log.splitlines())}
-    assert fetches == {(CONTROLLER, 200)}, log
+    fetches = {(f["remote_addr"], f["status"]) for f in site.log_records("/var/log/nginx/access.log", "acme-challenge")}
+    assert fetches == {(CONTROLLER, 200)}, fetches
     assert ("DNS", site.server_name) in served_certificate(site)["subjectAltName"]
     assert issued(site) == ["cert1.pem"]
     health = site.health()

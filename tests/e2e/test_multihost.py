@@ -183,7 +183,7 @@ def assert_no_failures(cluster: Cluster, run: LoadRun) -> None:
 
 def served_by(cluster: Cluster, name: str) -> int:
     """Requests the web host's nginx has logged (it logs each one the lb sent it)."""
-    return int(cluster.web[WEB.index(name)].sh("cat /var/log/nginx/api.access.log | wc -l").stdout)
+    return len(cluster.web[WEB.index(name)].log_lines("/var/log/nginx/api.access.log"))
 
 
 def port_open(cluster: Cluster, source: str, target: str, port: int) -> bool:
@@ -236,8 +236,8 @@ def test_lb_balances_over_both_web_hosts_and_passes_on_the_client_address(cluste
                "both web hosts to log requests from the lb", interval=0.5)
     after = {name: served_by(cluster, name) for name in WEB}
     print(f"40 requests through the lb: {({n: after[n] - before[n] for n in WEB})} per web host")
-    log = cluster.web[0].sh(f"grep -h 'm={marker}' /var/log/nginx/api.access.log").stdout.splitlines()
-    assert {json.loads(line)["remote_addr"] for line in log} == {CONTROLLER}
+    log = cluster.web[0].log_records("/var/log/nginx/api.access.log", f"m={marker}")
+    assert {record["remote_addr"] for record in log} == {CONTROLLER}
 
 
 def test_redis_is_reachable_from_web_and_scheduler_hosts_only(cluster):

@@ -16,30 +16,50 @@ SHOP_SOURCES = REPO / "tests" / "shop" / "src"
 
 @pytest.fixture
 def shop(tmp_path) -> Iterator[Gunicorn]:
-    """tests/shop (package shop, src/ layout) under the kit: no Redis, no scheduler, its own
-    readiness path."""
-    server = Gunicorn(tmp_path / "gunicorn.log", ASGI_APP="shop.web:api", PYTHONPATH=str(SHOP_SOURCES),
-                      READY_PATH="/status/ready", APP_VERSION="3.1.4").start()
+    """tests/shop (package shop, src/ layout) under the kit: no Redis, no scheduler, no kit probes
+    but its own /healthz for both, its database in the state directory (migrated first, as its
+    release hook does on a host)."""
+    env = {"PYTHONPATH": str(SHOP_SOURCES), "STATE_DIRECTORY": str(tmp_path)}
+    migrate = subprocess.run([sys.executable, "-m", "shop.migrate"], env=base_env(**env),
+                             capture_output=True, text=True, timeout=60)
+    assert migrate.returncode == 0, migrate.stderr
+    server = Gunicorn(tmp_path / "gunicorn.log", ASGI_APP="shop.web:api", HEALTH_PATH="/healthz",
+                      READY_PATH="/healthz", APP_VERSION="3.1.4", **env).start()
     try:
         yield server.wait_serving()
     finally:
         server.stop()
 
 
-def test_another_app_gets_the_probes_and_the_access_log(shop):
+def test_another_app_with_its_own_probe_and_database(shop, tmp_path):
     with shop.client() as client:
         assert client.get("/prices/apple").json() == {"item": "apple", "cents": 30}
         assert client.get("/prices/APPLE").status_code == 422
-        health = client.get("/health").json()
-        assert health["version"] == "3.1.4"
-        assert health["runtime"] == {"loop": "uvloop", "http": "httptools"}
-        ready = client.get("/status/ready")
-        assert ready.status_code == 200
-        assert ready.json() == {"status": "ready", "checks": {}}
-        assert client.get("/ready").status_code == 404
+        assert client.get("/healthz").json() == {"status": "ok", "version": "3.1.4"}
+        ids = {client.post("/orders/pear").json()["id"] for _ in range(20)}
+        assert len(ids) == 20 and client.get("/orders/pear").json()["count"] == 20
+        # The kit adds no probe routes of its own to an app that does not include them.
+        assert client.get("/health").status_code == 404 and client.get("/ready").status_code == 404
+    assert (tmp_path / "shop.db").is_file()
     access = wait_until(lambda: [line for line in shop.log_lines() if line.get("path") == "/prices/apple"],
                         10, "the access line of /prices/apple")
     assert access[0]["logger"] == "vmkit.access" and access[0]["status"] == 200
+
+
+def test_one_path_for_both_probes_answers_readiness(tmp_path, redis_server):
+    """HEALTH_PATH == READY_PATH: the kit's probes router serves readiness there (ready implies
+    alive), with the dependencies' checks."""
+    server = Gunicorn(tmp_path / "gunicorn.log", HEALTH_PATH="/up", READY_PATH="/up", SCHEDULER_JOBS="",
+                      REDIS_URL=redis_server.url).start()
+    try:
+        server.wait_serving()
+        with server.client() as client:
+            up = client.get("/up")
+            assert up.status_code == 200 and up.json()["status"] == "ready"
+            assert up.json()["checks"]["redis"]["ok"] is True
+            assert client.get("/health").status_code == 404
+    finally:
+        server.stop()
 
 
 def test_the_example_app_without_redis_or_scheduler_is_ready_and_its_cache_says_503(tmp_path):

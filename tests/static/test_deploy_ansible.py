@@ -52,18 +52,29 @@ def unreachable_inventory(tmp_path) -> Path:
     return write_inventory(
         tmp_path,
         "[api]\nh1 ansible_host=127.0.0.1 ansible_port=1 ansible_user=deploy nginx_server_name=h1.static.test\n"
-        "[scheduler]\nh1\n[redis]\nh1\n")
+        f"[scheduler]\nh1\n[redis]\nh1\n[all:vars]\napp_project_dir={REPO}\n")
+
+
+def test_a_play_without_a_project_fails_naming_app_project_dir(tmp_path):
+    """The kit's example app is for test hosts only: a real inventory must name its project."""
+    inventory = write_inventory(
+        tmp_path, "[api]\nh1 ansible_host=127.0.0.1 ansible_port=1 ansible_user=deploy nginx_server_name=h1.static.test\n")
+    for play in ("site.yml", "deploy.yml"):
+        result = playbook("-i", inventory, play)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and output.count("TASK [") == 1, output
+        assert "app_project_dir is not set" in output
 
 
 def test_site_names_every_bad_variable_in_its_first_task_and_changes_nothing(unreachable_inventory):
     result = playbook("-i", unreachable_inventory, "site.yml", "-e", "nginx_tls_mode=bogus",
                       "-e", "nginx_server_name=Not_A_Name", "-e", "app_keep_releases=1", "-e", "app_keepalive=1",
-                      "-e", "redis_maxmemory_policy=sometimes")
+                      "-e", "redis_cache_maxmemory_policy=noeviction")
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert output.count("TASK [") == 1 and "TASK [Validate the inventory]" in output
     for variable in ("nginx_tls_mode", "nginx_server_name", "app_keep_releases", "app_keepalive",
-                     "redis_maxmemory_policy", "nginx_upstream_keepalive_timeout"):
+                     "redis_cache_maxmemory_policy", "nginx_upstream_keepalive_timeout"):
         assert variable in output
     assert recap(output) == {"ok": 0, "changed": 0, "unreachable": 0, "failed": 1,
                              "skipped": 0, "rescued": 0, "ignored": 0}
@@ -120,12 +131,12 @@ def test_release_hooks_must_be_a_list_of_commands(unreachable_inventory, hooks):
     assert "app_release_hooks must be a list" in output
 
 
-def test_another_project_passes_validation(unreachable_inventory, tmp_path):
+def test_another_project_with_one_probe_route_passes_validation(unreachable_inventory, tmp_path):
     (tmp_path / "shop").mkdir()
     for name in ("pyproject.toml", "requirements.lock"):
         (tmp_path / "shop" / name).write_text("")
     good = {"app_project_dir": str(tmp_path / "shop"), "app_asgi_app": "shop.web:api", "app_scheduler_jobs": "",
-            "app_health_path": "/livez", "app_ready_path": "/_/ready", "app_release_hooks": ["python -m shop.migrate"]}
+            "app_health_path": "/healthz", "app_ready_path": "/healthz", "app_release_hooks": ["python -m shop.migrate"]}
     result = playbook("-i", unreachable_inventory, "site.yml", "-e", json.dumps(good))
     output = result.stdout + result.stderr
     assert "TASK [Gather facts]" in output and recap(output)["failed"] == 0, output
@@ -137,7 +148,7 @@ def inventory_without_redis(tmp_path) -> Path:
     return write_inventory(
         tmp_path / "no-redis",
         "[api]\nh1 ansible_host=127.0.0.1 ansible_port=1 ansible_user=deploy nginx_server_name=h1.static.test\n"
-        "[scheduler]\nh1\n")
+        f"[scheduler]\nh1\n[all:vars]\napp_project_dir={REPO}\n")
 
 
 def test_a_scheduler_needs_a_redis_host(inventory_without_redis):
@@ -232,7 +243,7 @@ def several_hosts(tmp_path) -> Path:
     """An lb, two web hosts, Redis with a scheduler and a second scheduler (none reachable)."""
     return write_inventory(
         tmp_path / "several",
-        "[all:vars]\nansible_port=1\nansible_user=deploy\nnginx_server_name=several.static.test\n"
+        f"[all:vars]\nansible_port=1\nansible_user=deploy\nnginx_server_name=several.static.test\napp_project_dir={REPO}\n"
         + "".join(f"[{group}]\n" + "".join(f"{name} ansible_host=127.0.0.{i}\n" for name, i in hosts)
                   for group, hosts in (("lb", [("lb1", 2)]), ("api", [("web1", 3), ("web2", 4)]),
                                        ("redis", [("sched1", 5)]), ("scheduler", [("sched1", 5), ("sched2", 6)]))))

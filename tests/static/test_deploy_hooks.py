@@ -1,7 +1,8 @@
 """Release hooks (app_release_hooks, roles/app/tasks/hooks.yml) run by ansible-playbook on this
-machine, with a stand-in for systemd-run (systemd is not PID 1 here) that does what the transient
-unit would: both EnvironmentFiles in order over --setenv, the WorkingDirectory, the command, and its
-exit status. It records the User/Group it was asked for, so the test sees those too."""
+machine through the real api-exec script (deploy/systemd/api-exec.j2, rendered by the play), with a
+stand-in for systemd-run (systemd is not PID 1 here) that does what the transient unit would: both
+EnvironmentFiles in order, the WorkingDirectory, the command, and its exit status. It records every
+property it was given, so the tests see the whole sandbox too."""
 
 import json
 import os
@@ -18,6 +19,8 @@ import json, os, shlex, subprocess, sys
 args, props, setenv = sys.argv[1:], [], {}
 while args[0].startswith("--"):
     arg = args.pop(0)
+    if arg == "--":
+        break
     if arg.startswith("--property="):
         props.append(arg.split("=", 1)[1].split("=", 1))
     elif arg.startswith("--setenv="):
@@ -43,7 +46,15 @@ PLAY = """
   hosts: localhost
   connection: local
   gather_facts: false
+  vars_files:
+    - ROLES/app/defaults/main.yml
   tasks:
+    - name: Install api-exec as site.yml does
+      ansible.builtin.template:
+        src: ROLES/app/templates/api-exec.j2
+        dest: "{{ app_exec_path }}"
+        mode: "0755"
+
     - name: Release hooks
       ansible.builtin.include_role:
         name: app
@@ -72,7 +83,7 @@ class Host:
         (self.bin / "systemd-run").write_text(FAKE_SYSTEMD_RUN)
         (self.bin / "systemd-run").chmod(0o755)
         self.log = root / "systemd-run.log"
-        (root / "play.yml").write_text(PLAY)
+        (root / "play.yml").write_text(PLAY.replace("ROLES", str(ANSIBLE_DIR / "roles")))
 
     def current(self, release: Path | None) -> None:
         link = self.app_root / "current"
@@ -80,9 +91,10 @@ class Host:
         if release:
             link.symlink_to(release)
 
-    def deploy(self, hooks: list[str]):
+    def deploy(self, hooks: list[str], always: bool = False):
         extra = {"app_root": str(self.app_root), "app_release_dir": str(self.new), "app_env_file": str(self.env_file),
                  "app_user": "shop", "app_group": "shopgrp", "app_release_hooks": hooks,
+                 "app_exec_path": str(self.bin / "api-exec"), "app_hooks_always": always,
                  "ansible_python_interpreter": sys.executable}
         (self.root / "vars.json").write_text(json.dumps(extra))
         return run(VENV_BIN / "ansible-playbook", "-i", "localhost,", self.root / "play.yml",
@@ -112,7 +124,8 @@ def test_hooks_run_in_the_new_release_as_the_services_would(host):
     result = host.deploy(hooks)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert recap(output)["changed"] == 2, output
+    # api-exec installed, two hooks, and the stamp of their success.
+    assert recap(output)["changed"] == 4, output
     # release.env comes after api.env, so the release's own APP_VERSION wins.
     assert (host.new / "hook1.out").read_text().split() == [
         "1.1.0", "1.1.0-new", "postgresql://db/shop", str(host.new)]
@@ -120,10 +133,13 @@ def test_hooks_run_in_the_new_release_as_the_services_would(host):
     assert tool == "release-tool of 1.1.0-new"
     assert path.split(":")[0] == str(host.new / "venv" / "bin")
     for call, hook in zip(host.calls(), hooks, strict=True):
-        assert call["argv"] == ["/bin/sh", "-c", hook]
-        assert call["properties"] == [["User", "shop"], ["Group", "shopgrp"], ["EnvironmentFile", str(host.env_file)],
-                                      ["EnvironmentFile", str(host.new / "release.env")],
-                                      ["WorkingDirectory", str(host.new)]]
+        assert call["argv"] == ["/usr/bin/env", "/bin/sh", "-c", hook]
+        properties = dict((key, value) for key, value in call["properties"] if key != "EnvironmentFile")
+        assert {key: properties[key] for key in ("User", "Group", "WorkingDirectory", "StateDirectory", "UMask")} == {
+            "User": "shop", "Group": "shopgrp", "WorkingDirectory": str(host.new), "StateDirectory": "api",
+            "UMask": "0077"}
+        assert [value for key, value in call["properties"] if key == "EnvironmentFile"] == [
+            str(host.env_file), str(host.new / "release.env")]
 
 
 def test_a_first_install_runs_the_hooks_too(host):
@@ -133,13 +149,25 @@ def test_a_first_install_runs_the_hooks_too(host):
     assert len(host.calls()) == 1
 
 
-def test_no_hook_runs_when_the_release_is_active_already(host):
+def test_site_runs_the_hooks_again_only_when_the_release_settings_or_hooks_changed(host):
     host.current(host.new)
-    result = host.deploy(["touch ran"])
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert recap(output)["changed"] == 0 and host.calls() == []
-    assert not (host.new / "ran").exists()
+    assert host.deploy(["touch ran"]).returncode == 0 and len(host.calls()) == 1
+    # Nothing changed: a second run runs nothing and changes nothing.
+    again = host.deploy(["touch ran"])
+    assert again.returncode == 0 and recap(again.stdout)["changed"] == 0 and len(host.calls()) == 1
+    # api.env changed (e.g. app_extra_env): the hooks run against the new settings.
+    host.env_file.write_text(host.env_file.read_text() + 'FEATURE="on"\n')
+    assert host.deploy(["touch ran"]).returncode == 0 and len(host.calls()) == 2
+    # Another hook list.
+    assert host.deploy(["touch ran", "true"]).returncode == 0 and len(host.calls()) == 4
+    assert host.deploy(["touch ran", "true"]).returncode == 0 and len(host.calls()) == 4
+
+
+def test_every_deploy_runs_the_hooks(host):
+    host.current(host.new)
+    for _ in range(2):
+        assert host.deploy(["touch ran"], always=True).returncode == 0
+    assert len(host.calls()) == 2
 
 
 def test_a_failing_hook_stops_before_the_switch_and_says_why(host):
@@ -150,5 +178,15 @@ def test_a_failing_hook_stops_before_the_switch_and_says_why(host):
     assert len(host.calls()) == 2 and not (host.new / "third-ran").exists()
     assert "Release hook \"echo 'migration 42 failed: no such table' >&2; exit 3\" failed" in output
     assert "with exit code 3" in output and "migration 42 failed: no such table" in output
-    assert "the active release is unchanged (1.0.0-old) and keeps serving" in output
+    assert "1.0.0-old is still the active release" in output
     assert (host.app_root / "current").readlink() == host.old
+    assert not (host.new / ".hooks-ran").exists()
+
+
+def test_a_failing_first_hook_says_nothing_serves_yet(host):
+    host.current(None)
+    result = host.deploy(["exit 4"])
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert "no release was active on this host before, so nothing serves there yet" in output, output
+    assert "still the active release" not in output

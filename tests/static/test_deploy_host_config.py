@@ -4,6 +4,7 @@ nft without loading them), the Redis configuration (a real redis-server runs it)
 import socket
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
@@ -39,18 +40,19 @@ def redis_cli(port: int, user: str | None, password: str | None, *args: str) -> 
     return (result.stdout + result.stderr).strip()
 
 
-@pytest.fixture
-def rendered_redis(rendered, tmp_path) -> Iterator[int]:
-    """redis-server running the rendered redis.conf; yields its port."""
+@contextmanager
+def running_redis(config, tmp_path, *overrides: str) -> Iterator[int]:
+    """redis-server running a rendered config; yields its port."""
     port = free_port()
+    log = tmp_path / f"redis-{port}.log"
     # The rendered file first (so it is parsed as on the host), then only what differs here.
     proc = subprocess.Popen(
-        [tool("redis-server"), rendered.root / "redis.conf", "--port", str(port), "--dir", tmp_path,
-         "--pidfile", tmp_path / "redis.pid", "--logfile", tmp_path / "redis.log", "--daemonize", "no"],
+        [tool("redis-server"), config, "--port", str(port), "--dir", tmp_path,
+         "--pidfile", tmp_path / f"redis-{port}.pid", "--logfile", log, "--daemonize", "no", *overrides],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def answers() -> bool:
-            assert proc.poll() is None, (tmp_path / "redis.log").read_text()
+            assert proc.poll() is None, log.read_text() if log.exists() else "redis-server exited"
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1):
                     return True
@@ -63,16 +65,43 @@ def rendered_redis(rendered, tmp_path) -> Iterator[int]:
         stop_process(proc)
 
 
+@pytest.fixture
+def rendered_redis(rendered, tmp_path) -> Iterator[int]:
+    """The data Redis (redis.conf)."""
+    with running_redis(rendered.root / "redis.conf", tmp_path) as port:
+        yield port
+
+
+@pytest.fixture
+def rendered_cache_redis(rendered, tmp_path) -> Iterator[int]:
+    """The cache Redis (redis-cache.conf)."""
+    with running_redis(rendered.root / "redis-cache.conf", tmp_path) as port:
+        yield port
+
+
 def test_redis_runs_the_rendered_configuration(rendered_redis):
     port = rendered_redis
     # No password-less access: the default user is off ...
     assert "NOAUTH" in redis_cli(port, None, None, "PING")
     # ... and the operators' admin user sees the rendered settings in force.
     admin = ("admin", REDIS_ADMIN_PASSWORD)
-    assert redis_cli(port, *admin, "CONFIG", "GET", "maxmemory-policy").split() == ["maxmemory-policy", "allkeys-lru"]
+    # The data Redis never evicts, and writes every change to its append-only file.
+    assert redis_cli(port, *admin, "CONFIG", "GET", "maxmemory-policy").split() == ["maxmemory-policy", "noeviction"]
+    assert redis_cli(port, *admin, "CONFIG", "GET", "appendonly").split() == ["appendonly", "yes"]
+    assert redis_cli(port, *admin, "CONFIG", "GET", "appendfsync").split() == ["appendfsync", "everysec"]
     assert redis_cli(port, *admin, "CONFIG", "GET", "maxmemory").split() == ["maxmemory", str(256 * 1024 * 1024)]
     assert redis_cli(port, *admin, "CONFIG", "GET", "protected-mode").split() == ["protected-mode", "yes"]
     assert redis_cli(port, *admin, "CONFIG", "GET", "bind").split()[1:] == ["127.0.0.1"]
+
+
+def test_the_cache_redis_evicts_keeps_nothing_and_knows_no_scheduler(rendered_cache_redis):
+    port = rendered_cache_redis
+    admin = ("admin", REDIS_ADMIN_PASSWORD)
+    assert redis_cli(port, *admin, "CONFIG", "GET", "maxmemory-policy").split() == ["maxmemory-policy", "allkeys-lru"]
+    assert redis_cli(port, *admin, "CONFIG", "GET", "appendonly").split() == ["appendonly", "no"]
+    assert redis_cli(port, *admin, "CONFIG", "GET", "save") == "save"
+    assert redis_cli(port, "api", REDIS_PASSWORD, "SET", "api:cache:x", "1") == "OK"
+    assert "WRONGPASS" in redis_cli(port, "scheduler", REDIS_SCHEDULER_PASSWORD, "PING")
 
 
 @pytest.mark.parametrize("user, password", [("api", REDIS_PASSWORD), ("scheduler", REDIS_SCHEDULER_PASSWORD)])
@@ -88,20 +117,26 @@ def test_the_services_redis_users_may_not_administer_or_leave_their_keys(rendere
     assert redis_cli(port, "admin", REDIS_ADMIN_PASSWORD, "GET", "api:probe") == "1"
 
 
-def test_the_kit_runs_as_those_users(rendered, rendered_redis, tmp_path):
-    """The scheduler daemon (lease scripts, claims, heartbeat) and the API (probes, cache,
-    counters, Idempotency-Key) do all their work with the rights the rendered ACL gives them."""
-    port = rendered_redis
+def local_urls(rendered, data_port: int, cache_port: int) -> dict[str, str]:
+    """The Redis URLs of the rendered api.env and scheduler.env, pointed at servers on this machine."""
     api_env = env_file(rendered.text("api.env"))
     scheduler_env = env_file(rendered.text("scheduler.env"))
-    local = {"redis://api:", "redis://scheduler:"}
-    api_url = api_env["REDIS_URL"].replace("127.0.0.1:6379", f"127.0.0.1:{port}")
-    scheduler_url = scheduler_env["REDIS_URL"].replace("127.0.0.1:6379", f"127.0.0.1:{port}")
-    assert {api_url[:12], scheduler_url[:18]} == local
-    settings = {"REDIS_KEY_PREFIX": api_env["REDIS_KEY_PREFIX"], "SCHEDULER_HEARTBEAT_SECONDS": "0.5",
-                "SCHEDULER_LEASE_TTL": "2", "SCHEDULER_TICK_SECONDS": "1"}
-    scheduler = scheduler_process(tmp_path / "scheduler.log", REDIS_URL=scheduler_url, **settings).start()
-    api = Gunicorn(tmp_path / "gunicorn.log", REDIS_URL=api_url, SCHEDULER_JOBS="app.jobs:jobs", **settings).start()
+    urls = {"api": api_env["REDIS_URL"], "cache": api_env["REDIS_CACHE_URL"], "scheduler": scheduler_env["REDIS_URL"]}
+    assert {name: url.split(":")[1] for name, url in urls.items()} == {
+        "api": "//api", "cache": "//api", "scheduler": "//scheduler"}
+    return {name: url.replace("127.0.0.1:6379", f"127.0.0.1:{data_port}").replace("127.0.0.1:6380", f"127.0.0.1:{cache_port}")
+            for name, url in urls.items()}
+
+
+def test_the_kit_runs_as_those_users(rendered, rendered_redis, rendered_cache_redis, tmp_path):
+    """The scheduler daemon (lease scripts, claims, heartbeat) and the API (probes, cache,
+    counters, Idempotency-Key) do all their work with the rights the rendered ACL gives them."""
+    urls = local_urls(rendered, rendered_redis, rendered_cache_redis)
+    settings = {"REDIS_KEY_PREFIX": env_file(rendered.text("api.env"))["REDIS_KEY_PREFIX"],
+                "SCHEDULER_HEARTBEAT_SECONDS": "0.5", "SCHEDULER_LEASE_TTL": "2", "SCHEDULER_TICK_SECONDS": "1"}
+    scheduler = scheduler_process(tmp_path / "scheduler.log", REDIS_URL=urls["scheduler"], **settings).start()
+    api = Gunicorn(tmp_path / "gunicorn.log", REDIS_URL=urls["api"], REDIS_CACHE_URL=urls["cache"],
+                   SCHEDULER_JOBS="app.jobs:jobs", **settings).start()
     try:
         api.wait_serving()
         with api.client() as client:
@@ -119,9 +154,38 @@ def test_the_kit_runs_as_those_users(rendered, rendered_redis, tmp_path):
         assert scheduler.stop() == 0
 
 
+def test_a_full_data_redis_answers_507_and_the_cache_still_works(rendered, rendered_cache_redis, tmp_path):
+    """Writes to the data Redis fail when it is full (it never evicts): the API answers 507 with a
+    JSON body and nothing is written; the cache Redis is another server and keeps working."""
+    with running_redis(rendered.root / "redis.conf", tmp_path, "--maxmemory", "2mb") as data_port:
+        urls = local_urls(rendered, data_port, rendered_cache_redis)
+        admin = ("admin", REDIS_ADMIN_PASSWORD)
+        for i in range(64):
+            if "OOM" in redis_cli(data_port, *admin, "SET", f"api:filler:{i}", "x" * 65536):
+                break
+        else:
+            raise AssertionError("the data Redis took 4 MB with a 2 MB limit")
+        api = Gunicorn(tmp_path / "gunicorn.log", REDIS_URL=urls["api"], REDIS_CACHE_URL=urls["cache"],
+                       SCHEDULER_JOBS="").start()
+        try:
+            api.wait_serving()
+            with api.client() as client:
+                for headers in ({}, {"idempotency-key": "full-1"}):
+                    response = client.post("/counters/full", headers=headers)
+                    assert response.status_code == 507, response.text
+                    assert "storage full" in response.json()["detail"]
+                assert client.put("/cache/still", json={"value": "v"}).status_code == 200
+                assert client.get("/cache/still").json()["value"] == "v"
+            assert redis_cli(data_port, *admin, "EXISTS", "api:counters:full") == "0"
+            assert "Traceback" not in api.output()
+        finally:
+            api.stop()
+
+
 def test_api_env_points_the_services_at_redis_with_the_password(rendered):
     env = env_file(rendered.text("api.env"))
     assert env["REDIS_URL"] == f"redis://api:{quote(REDIS_PASSWORD, safe='')}@127.0.0.1:6379/0"
+    assert env["REDIS_CACHE_URL"] == f"redis://api:{quote(REDIS_PASSWORD, safe='')}@127.0.0.1:6380/0"
     assert env["REDIS_KEY_PREFIX"] == "api:"
     assert env["API_ENV"] == "production"
     # Only nginx (and root) can reach the socket, so the forwarded headers are trusted from it.

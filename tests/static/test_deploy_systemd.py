@@ -110,8 +110,8 @@ def test_scheduler_service_runs_the_current_release_and_always_comes_back(render
     # The kit's daemon; the jobs it runs are SCHEDULER_JOBS in api.env.
     assert unit["ExecStart"] == ["/srv/api/current/venv/bin/python -m vmkit.scheduler"]
     # Its own Redis user comes from scheduler.env, after the settings both services share.
-    assert unit["EnvironmentFile"] == ["/etc/api/api.env", "/etc/api/scheduler.env",
-                                       "/srv/api/current/release.env"]
+    assert unit["EnvironmentFile"] == ["/etc/api/api.env", "/srv/api/current/release.env",
+                                       "/etc/api/scheduler.env"]
     assert unit["Restart"] == ["always"] and int(unit["RestartSec"][0]) <= 5
 
 
@@ -121,3 +121,36 @@ def test_stop_timeouts_outlast_the_drain_timeouts(rendered):
     scheduler = unit_settings(rendered.text("units/api-scheduler.service"))
     assert int(api["TimeoutStopSec"][0]) > int(env["API_GRACEFUL_TIMEOUT"])
     assert int(scheduler["TimeoutStopSec"][0]) > int(env["SCHEDULER_DRAIN_TIMEOUT"])
+
+
+# What makes a unit a long-running service rather than a command: everything else of api.service
+# is the sandbox the app runs in, which a release hook and api-exec must get line for line.
+SERVICE_LIFECYCLE = {"Type", "NotifyAccess", "RuntimeDirectory", "RuntimeDirectoryMode", "Environment",
+                     "ExecStart", "ExecReload", "KillMode", "TimeoutStopSec", "Restart", "RestartSec"}
+
+
+def service_sandbox(unit_text: str) -> list[tuple[str, str]]:
+    """The [Service] lines of a unit that are not about its process lifecycle, in order."""
+    section = unit_text.split("[Service]", 1)[1].split("\n[", 1)[0]
+    lines = [line.partition("=") for line in section.splitlines() if "=" in line and not line.startswith("#")]
+    return [(key, value) for key, _, value in lines if key not in SERVICE_LIFECYCLE]
+
+
+def exec_sandbox(script: str, release: str) -> list[tuple[str, str]]:
+    """The properties api-exec gives systemd-run, for a command in `release`."""
+    properties = re.findall(r'^ +--property="([^"]*)" \\$', script, re.M)
+    return [tuple(p.replace("${release}", release).split("=", 1)) for p in properties]
+
+
+def test_hooks_and_api_exec_run_in_the_sandbox_of_api_service(rendered):
+    api = service_sandbox(rendered.text("units/api.service"))
+    assert exec_sandbox(rendered.text("api-exec"), "/srv/api/current") == api
+    assert ("StateDirectory", "api") in api and ("UMask", "0077") in api and ("User", "api") in api
+    # The scheduler too, plus its own Redis user's settings.
+    assert service_sandbox(rendered.text("units/api-scheduler.service")) == [
+        *api, ("EnvironmentFile", "/etc/api/scheduler.env")]
+
+
+def test_the_sandbox_comparison_catches_a_line_in_one_place_only(rendered):
+    unit = rendered.text("units/api.service").replace("PrivateTmp=yes\n", "PrivateTmp=yes\nProtectHome=tmpfs\n")
+    assert exec_sandbox(rendered.text("api-exec"), "/srv/api/current") != service_sandbox(unit)
