@@ -7,7 +7,7 @@ from vmkit import probes
 from vmkit.redis import install_unavailable_handler
 from vmkit.settings import get_settings as kit_settings
 
-from app import api
+from app import api, live, tasks
 from app.settings import AppSettings, get_settings
 
 
@@ -23,6 +23,8 @@ def create_app(settings: AppSettings) -> FastAPI:
     )
     app.include_router(probes.router)
     app.include_router(api.router)
+    app.include_router(live.router)
+    app.include_router(tasks.router)
     install_unavailable_handler(app)
 
     # Compression is nginx's (C, and only for bodies worth it): no GZipMiddleware wrapping every

@@ -95,6 +95,9 @@ def provision_and_measure(args, host: ApiHost) -> dict:
     log(f"throughput: {args.rounds} rounds of {args.seconds:.0f} s per cell")
     table = measure(host, "peers", "--server-name", host.server_name, "--workers", str(len(workers)),
                     "--seconds", str(args.seconds), "--rounds", str(args.rounds))
+    log("streams: time to first event, idle streams held")
+    streams = measure(host, "streams", "--server-name", host.server_name, "--workers", str(len(workers)),
+                      "--connections", str(args.streams))
     log("restart, reload and deploy under load")
     deploy: dict = {}
     events = {
@@ -114,6 +117,7 @@ def provision_and_measure(args, host: ApiHost) -> dict:
         "workers": len(workers),
         **table,
         "disruptions": disruptions,
+        "streams": streams,
         "memory_idle_mib": idle,
     }
 
@@ -161,6 +165,15 @@ def markdown(result: dict) -> str:
     for name, row in result["disruptions"].items():
         lines.append(f"| {name} | {row['requests']:,} | {row['failed']} | {row['max_ms']:,.0f} | "
                      f"{row['event_seconds']} |")
+    streams = result["streams"]
+    idle = streams["idle"]
+    lines += ["", "| SSE (`GET /counters/{name}/events`) | (a) kit stack | (b) app direct |", "| --- | ---: | ---: |",
+              f"| time to first event, median ms | {streams['ttfe_ms']['a']} | {streams['ttfe_ms']['b']} |",
+              f"| idle streams held (of {idle['asked']} opened) | {idle['held']:,} | |",
+              f"| KiB per idle stream: gunicorn workers, nginx | {idle['kib_per_stream']['gunicorn']}, "
+              f"{idle['kib_per_stream']['nginx']} | |"]
+    if idle["first_failure"]:
+        lines.append(f"| first stream refused | {idle['first_failure']} | |")
     lines += ["", "| provisioning | seconds |", "| --- | ---: |"]
     lines += [f"| {name} | {value} |" for name, value in result["provisioning_seconds"].items()]
     lines.append(f"| (site.yml again: changed={result['site_yml_again_changed']}) | |")
@@ -204,6 +217,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="the deployed stack against its peers")
     parser.add_argument("--seconds", type=float, default=5, help="measured seconds per cell and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--streams", type=int, default=4000, help="idle SSE streams to try to hold")
     parser.add_argument("--keep", action="store_true", help="leave the test host running (profiling)")
     args = parser.parse_args()
     hosts = TestHosts(REPO / ".testhosts" / "bench", prefix="bench", net=121)

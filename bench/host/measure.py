@@ -4,6 +4,7 @@ python3 and nothing else from the kit. bench/run.py copies this directory to the
   measure.py peers --seconds S --rounds R   the throughput table (JSON on stdout)
   measure.py load --stop-file F             load until F exists: failed requests, worst latency
   measure.py memory                         RSS of the stack's processes, idle
+  measure.py streams --connections N        SSE: time to first event, idle streams held
 
 Every server is measured on this host, on loopback, with the deployed release's own venv and
 settings (/etc/api/api.env): the kit's stack through nginx differs from its peers only in what
@@ -12,11 +13,14 @@ rates are a floor and the ratios, taken from alternating rounds, are the result.
 """
 
 import argparse
+import asyncio
 import json
 import os
+import resource
 import shlex
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -326,6 +330,86 @@ def peers(args) -> dict:
     }
 
 
+# ------------------------------------------------------------------ streams
+
+STREAM_PATH = "/counters/bench-stream/events"
+TTFE_SAMPLES = 40
+
+
+async def open_stream(host: str, port: int, tls_name: str | None):
+    """An SSE request on a new connection; returns the streams once its first event is in."""
+    context = None
+    if tls_name:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=tls_name)
+    writer.write(f"GET {STREAM_PATH} HTTP/1.1\r\nHost: {tls_name or host}\r\n\r\n".encode())
+    await writer.drain()
+    data = b""
+    while b"event: value" not in data:
+        chunk = await reader.read(4096)
+        if not chunk:
+            raise ConnectionError(f"closed before the first event: {data[:200]!r}")
+        data += chunk
+    return reader, writer
+
+
+async def time_to_first_event(host: str, port: int, tls_name: str | None) -> float:
+    """Median ms from connecting to the first event of the example's SSE route."""
+    samples = []
+    for _ in range(TTFE_SAMPLES):
+        started = time.perf_counter()
+        _, writer = await open_stream(host, port, tls_name)
+        samples.append((time.perf_counter() - started) * 1000)
+        writer.close()
+    return round(statistics.median(samples), 2)
+
+
+async def idle_streams(server_name: str, connections: int) -> dict:
+    """Opens up to `connections` SSE streams through the stack, 50 at a time, keeps them idle, and
+    reports how many got their first event and the memory the stack grew by per stream."""
+    before = memory()
+    opened, failures = [], []
+    for start in range(0, connections, 50):
+        batch = await asyncio.gather(*(open_stream("127.0.0.1", 443, server_name)
+                                       for _ in range(start, min(start + 50, connections))),
+                                     return_exceptions=True)
+        opened += [b for b in batch if not isinstance(b, BaseException)]
+        failures += [repr(b)[:200] for b in batch if isinstance(b, BaseException)]
+        if failures:
+            break
+    await asyncio.sleep(2)
+    after = memory()
+    for _, writer in opened:
+        writer.close()
+    grown = {role: sum(after[name] - before.get(name, 0) for name in after if name.startswith(role))
+             for role in ("gunicorn", "nginx")}
+    return {"asked": connections, "held": len(opened), "first_failure": failures[0] if failures else None,
+            "kib_per_stream": {role: round(mib * 1024 / max(len(opened), 1), 1) for role, mib in grown.items()}}
+
+
+def streams(args) -> dict:
+    # This client holds one descriptor per stream: it must not be what runs out first.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+    direct = servers(args.server_name, args.workers)[1]
+    logdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    direct.start(logdir)
+    try:
+        wait_ready(direct)
+        port = int(direct.url.rsplit(":", 1)[1])
+        return asyncio.run(_streams(args, port))
+    finally:
+        direct.stop()
+
+
+async def _streams(args, direct_port: int) -> dict:
+    return {
+        "ttfe_ms": {"a": await time_to_first_event("127.0.0.1", 443, args.server_name),
+                    "b": await time_to_first_event("127.0.0.1", direct_port, None)},
+        "idle": await idle_streams(args.server_name, args.connections),
+    }
+
+
 def load(args) -> dict:
     """GET and POST load on the deployed stack, half the connections each, until the stop file
     appears (the restart, reload and deploy rows): failed requests and the worst latency."""
@@ -361,9 +445,15 @@ def main() -> None:
     p_load.add_argument("--stop-file", required=True)
     p_load.add_argument("--max-seconds", type=float, default=600)
     sub.add_parser("memory")
+    p_streams = sub.add_parser("streams")
+    p_streams.add_argument("--server-name", required=True)
+    p_streams.add_argument("--workers", required=True)
+    p_streams.add_argument("--connections", type=int, default=4000)
     args = parser.parse_args()
     if args.command == "peers":
         result = peers(args)
+    elif args.command == "streams":
+        result = streams(args)
     elif args.command == "load":
         result = load(args)
     else:

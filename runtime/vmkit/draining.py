@@ -19,7 +19,13 @@ connection, but never a POST or PATCH (it cannot know whether the app saw it), w
   always nginx that closes them, never the worker under a request nginx is sending.
 
 All of it ends well within API_GRACEFUL_TIMEOUT (the settings refuse any other order).
+
+A response that runs for as long as its client stays (a stream of events) would hold the worker
+until the graceful timeout kills it: `stopping()` is set when the drain begins, so such a stream
+can end cleanly at once and let its client reconnect to a new worker.
 """
+
+import asyncio
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -38,6 +44,7 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         DrainingHttpToolsProtocol.worker_draining = True
+        _stopping.set()
         self.draining = True
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
@@ -53,3 +60,12 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.draining and self.cycle is not None:
             self.cycle.keep_alive = False
+
+
+# One per worker process, like worker_draining.
+_stopping = asyncio.Event()
+
+
+def stopping() -> asyncio.Event:
+    """Set once this worker has begun to drain (restart, reload, deploy, max_requests)."""
+    return _stopping

@@ -6,6 +6,7 @@ without writing it:
 - `Idempotency-Key` for POST and PATCH where there is Redis (vmkit.idempotency);
 - 413 for bodies over API_MAX_BODY_BYTES (vmkit.body_limit), a 4xx instead of a 500 for hostile
   JSON (vmkit.bad_input);
+- streams (SSE, NDJSON) that nginx passes on as they are written (vmkit.streams);
 - a record of the uvicorn Config it runs, so the probes report the parser in use (vmkit.runtime).
 """
 
@@ -20,6 +21,7 @@ from vmkit.body_limit import BodyLimit
 from vmkit.draining import DrainingHttpToolsProtocol
 from vmkit.idempotency import Idempotency
 from vmkit.settings import get_settings
+from vmkit.streams import Unbuffered
 
 
 class Worker(UvicornWorker):
@@ -36,7 +38,7 @@ class Worker(UvicornWorker):
             # The app refused to start (its settings rejected the environment and said why).
             # gunicorn would respawn a worker that exits otherwise, forever; this code stops it.
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
-        app = bad_input.install(self.wsgi)
+        app = Unbuffered(bad_input.install(self.wsgi))
         settings = get_settings()
         if settings.redis_url:
             app = Idempotency(app)

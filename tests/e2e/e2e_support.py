@@ -12,6 +12,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import yaml
 from support import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,6 +88,26 @@ def bare_host(prefix: str, net: int) -> Iterator[dict]:
         yield {"dir": hosts.dir, "name": state["name"], "access": access}
     finally:
         hosts.down()
+
+
+@contextmanager
+def operator_host(host: dict, filename: str, groups: list[str], variables: dict) -> Iterator["ApiHost"]:
+    """A bare_host as an operator's inventory names it (written beside the host's state): the
+    host in `groups`, its name as nginx_server_name, and the app's `variables`."""
+    inventory = host["dir"] / filename
+    entry = {host["name"]: host["access"]}
+    inventory.write_text(yaml.safe_dump({"all": {
+        "children": {group: {"hosts": entry} for group in groups},
+        "vars": {"nginx_server_name": f"{host['name']}.test", **variables},
+    }}))
+    # Short: SSH control socket paths must fit in a sockaddr_un.
+    control_dir = Path(tempfile.mkdtemp(prefix=f"{host['name']}-ssh-", dir="/tmp"))
+    api_host = ApiHost.from_inventory(inventory, control_dir)
+    try:
+        yield api_host
+    finally:
+        api_host.close()
+        shutil.rmtree(control_dir, ignore_errors=True)
 
 
 def operator_extra_vars(text: str) -> dict:

@@ -105,6 +105,7 @@ def write_inventory(hosts: TestHosts) -> Path:
             "ansible_ssh_common_args": f"-o UserKnownHostsFile={hosts.dir / 'known_hosts'} "
                                        "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
             "nginx_server_name": SERVER_NAME,
+            "app_project_dir": str(REPO),
         },
         "children": {
             "lb": {"hosts": {LB: None}},
@@ -246,6 +247,9 @@ def test_redis_is_reachable_from_web_and_scheduler_hosts_only(cluster):
     reach["controller"] = port_open(cluster, "controller", redis, 6379)
     print(f"TCP to Redis at {redis}:6379: {reach}")
     assert reach == {**dict.fromkeys((*WEB, SCHEDULERS[1]), True), LB: False, "controller": False}
+    # The cache Redis serves the API only: the web hosts.
+    cache = {name: port_open(cluster, name, redis, 6380) for name in (*WEB, SCHEDULERS[1], LB)}
+    assert cache == {**dict.fromkeys(WEB, True), SCHEDULERS[1]: False, LB: False}, cache
     assert cluster.redis_host.redis("PING") == "PONG"
     # Without the password Redis refuses a host that may connect.
     assert "NOAUTH" in cluster.ssh(WEB[0], f"printf 'PING\\r\\n' | timeout 3 bash -c 'exec 3<>/dev/tcp/{redis}/6379; "

@@ -6,15 +6,12 @@ app goes back onto the same host. The tests run in order and build on each other
 """
 
 import json
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
-from e2e_support import REPO, ApiHost, bare_host
+from e2e_support import REPO, ApiHost, bare_host, operator_host
 from load import LoadResult, Target, run_under_load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -47,26 +44,10 @@ def host(testhost_available) -> Iterator[dict]:
         yield host
 
 
-def write_inventory(host: dict, filename: str, groups: list[str], variables: dict) -> Path:
-    """What an operator writes: the host, its groups, and the settings of the app."""
-    inventory = host["dir"] / filename
-    entry = {host["name"]: host["access"]}
-    inventory.write_text(yaml.safe_dump({"all": {
-        "children": {group: {"hosts": entry} for group in groups},
-        "vars": {"nginx_server_name": f"{host['name']}.test", **variables},
-    }}))
-    return inventory
-
-
 @pytest.fixture(scope="module")
 def shop(host) -> Iterator[ApiHost]:
-    control_dir = Path(tempfile.mkdtemp(prefix="own-ssh-", dir="/tmp"))
-    api_host = ApiHost.from_inventory(write_inventory(host, "shop.yml", ["api"], SHOP_VARS), control_dir)
-    try:
+    with operator_host(host, "shop.yml", ["api"], SHOP_VARS) as api_host:
         yield api_host
-    finally:
-        api_host.close()
-        shutil.rmtree(control_dir, ignore_errors=True)
 
 
 def kit_files_changed() -> str:
@@ -106,7 +87,7 @@ def test_the_release_hooks_ran_in_the_services_sandbox(shop, shop_release):
                                     f"api api 600 {marker}", "shop"]
     schema = shop.python(f"import sqlite3\nprint(sqlite3.connect('file:{STATE_DIR}/shop.db?mode=ro', uri=True)"
                          ".execute('select max(version) from schema_version').fetchone()[0])")
-    assert schema.stdout.strip() == "1"
+    assert schema.stdout.strip() == "2"
 
 
 def test_api_exec_runs_a_one_off_command_like_the_service(shop, shop_release):
@@ -165,16 +146,10 @@ def test_a_failing_release_hook_stops_the_deploy_and_the_old_release_serves(shop
 
 
 def test_the_example_app_goes_back_onto_the_same_host(host, shop):
-    inventory = write_inventory(host, "example.yml", ["api", "scheduler", "redis"], {"app_project_dir": str(REPO)})
-    control_dir = Path(tempfile.mkdtemp(prefix="own-ssh-", dir="/tmp"))
-    example = ApiHost.from_inventory(inventory, control_dir)
-    try:
+    with operator_host(host, "example.yml", ["api", "scheduler", "redis"], {"app_project_dir": str(REPO)}) as example:
         run = example.playbook("site.yml")
         assert run.returncode == 0, str(run)
         assert example.health()["version"] == "0.1.0"
         assert example.get("/ready").status_code == 200
-        assert example.get("/status/ready").status_code == 404
+        assert example.get("/healthz").status_code == 404
         assert example.sh("systemctl is-active api-scheduler redis-server").stdout.split() == ["active"] * 2
-    finally:
-        example.close()
-        shutil.rmtree(control_dir, ignore_errors=True)

@@ -123,6 +123,34 @@ def test_site_names_every_bad_project_setting(unreachable_inventory, tmp_path):
     assert "requirements.lock" in message and str(tmp_path / "project") in message
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ({"app_processes": {"Consumer": "python -m shop.consumer"}}, "app_processes must map names"),
+    ({"app_processes": {"scheduler": "python -m shop.consumer"}}, "app_processes must map names"),
+    ({"app_processes": {"consumer": " "}}, "app_processes must map names"),
+    ({"app_processes": ["python -m shop.consumer"]}, "app_processes must map names"),
+    ({"app_process_stop_timeout": 0}, "app_process_stop_timeout must be"),
+    ({"app_long_requests": [{"path": "reports", "timeout": 20}]}, "app_long_requests must be a list"),
+    ({"app_long_requests": [{"path": "/reports"}]}, "app_long_requests must be a list"),
+    ({"app_long_requests": [{"path": "/r", "timeout": 9}, {"path": "/r", "timeout": 8}]}, "each path once"),
+    ({"app_long_requests": [{"path": "/reports", "timeout": 300}]}, "at most app_graceful_timeout (30 s)"),
+    ({"app_long_requests": [{"path": "/reports", "timeout": 20}],
+      "nginx_costly_locations": [{"path": "/reports", "rate": "6r/m"}]}, "not both"),
+])
+def test_background_processes_and_long_requests_are_checked_first(unreachable_inventory, override, message):
+    result = playbook("-i", unreachable_inventory, "site.yml", "-e", json.dumps(override))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and output.count("TASK [") == 1, output
+    assert message in " ".join(output.split())
+
+
+def test_background_processes_and_long_requests_pass_validation(unreachable_inventory):
+    good = {"app_processes": {"consumer": "python -m shop.consumer", "bot-2": "shop-bot --quiet"},
+            "app_long_requests": [{"path": "/reports", "timeout": 30}, {"path": "/export/", "timeout": "25"}]}
+    result = playbook("-i", unreachable_inventory, "site.yml", "-e", json.dumps(good))
+    output = result.stdout + result.stderr
+    assert "TASK [Gather facts]" in output and recap(output)["failed"] == 0, output
+
+
 @pytest.mark.parametrize("hooks", [["alembic upgrade head", 3], ["alembic upgrade head", " "], {"a": "b"}])
 def test_release_hooks_must_be_a_list_of_commands(unreachable_inventory, hooks):
     result = playbook("-i", unreachable_inventory, "site.yml", "-e", json.dumps({"app_release_hooks": hooks}))

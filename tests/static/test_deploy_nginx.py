@@ -63,8 +63,10 @@ def test_api_server_proxies_with_retry_and_the_expected_headers(rendered):
     site = rendered.text("nginx/sites-enabled/api.conf")
     server = site[site.index(f"server_name {SERVER_NAME};", site.index("listen 443 ssl http2;")):]
     assert directives(server, "proxy_http_version") == ["1.1"]
-    assert directives(server, "proxy_next_upstream") == ["error timeout"]
+    # Never "timeout": a request that timed out was running in the app.
+    assert directives(server, "proxy_next_upstream") == ["error"]
     assert directives(server, "proxy_next_upstream_tries") == ["2"]
+    assert directives(server, "proxy_pass_header") == ["X-Accel-Buffering"]
     headers = dict(h.split(None, 1) for h in directives(server, "proxy_set_header"))
     assert headers == {
         "Host": "$host", "X-Forwarded-For": "$remote_addr", "X-Forwarded-Proto": "$scheme",
@@ -130,3 +132,35 @@ def test_probe_paths_are_proxied_without_the_rate_limit(rendered, tmp_path):
             assert directives(found[f"= {path}"], "proxy_pass") == ["http://api_backend"]
             assert directives(found[f"= {path}"], "limit_req") == []
         assert directives(found["/"], "limit_req") == ["zone=api burst=100 nodelay"]
+
+
+def site_server(out) -> str:
+    site = out.text("nginx/sites-enabled/api.conf")
+    return site[site.index(f"server_name {SERVER_NAME};", site.index("listen 443 ssl http2;")):]
+
+
+def checked_render(tmp_path, **overrides):
+    """render() plus what `nginx -t` needs beside it."""
+    out = render(tmp_path, **overrides)
+    shutil.copy("/etc/nginx/mime.types", out.root / "nginx" / "mime.types")
+    make_throwaway_cert(out.root / "nginx" / "tls", SERVER_NAME)
+    return out
+
+
+def test_one_probe_path_for_both_gets_one_location(tmp_path):
+    out = checked_render(tmp_path, app_health_path="/healthz", app_ready_path="/healthz")
+    assert nginx_test(out.nginx_conf) == ""
+    assert set(locations(site_server(out))) == {"/", "= /healthz"}
+
+
+def test_long_requests_get_their_own_read_timeout_and_the_rest_a_prompt_504(tmp_path):
+    out = checked_render(tmp_path, app_long_requests=[{"path": "/reports", "timeout": 25}],
+                         app_graceful_timeout=30)
+    assert nginx_test(out.nginx_conf) == ""
+    server = site_server(out)
+    found = locations(server)
+    assert directives(found["^~ /reports"], "proxy_read_timeout") == ["25s"]
+    assert directives(found["^~ /reports"], "limit_req") == ["zone=api burst=100 nodelay"]
+    # Everything else: nginx's own timeout, and a timed-out request is never sent again.
+    assert directives(server, "proxy_read_timeout")[0] == "60s"
+    assert "timeout" not in directives(server, "proxy_next_upstream")[0]

@@ -9,8 +9,8 @@ import pytest
 
 from deploy_static import env_file, run, tool, unit_settings
 
-UNITS = ("api.socket", "api.service", "api-scheduler.service")
-SERVICES = ("api.service", "api-scheduler.service")
+UNITS = ("api.socket", "api.service", "api-scheduler.service", "api-consumer.service")
+SERVICES = ("api.service", "api-scheduler.service", "api-consumer.service")
 MAX_EXPOSURE = 2.0
 
 
@@ -24,6 +24,7 @@ def verify_root(tmp_path: Path, units: dict[str, str]) -> Path:
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     (root / "usr/bin").mkdir(parents=True)
     shutil.copy(tool("kill"), root / "usr/bin/kill")
+    shutil.copy(tool("env"), root / "usr/bin/env")
     (root / "bin").symlink_to("usr/bin")
     (root / "lib").symlink_to("usr/lib")
     venv_bin = root / "srv/api/current/venv/bin"
@@ -125,7 +126,7 @@ def test_stop_timeouts_outlast_the_drain_timeouts(rendered):
 
 # What makes a unit a long-running service rather than a command: everything else of api.service
 # is the sandbox the app runs in, which a release hook and api-exec must get line for line.
-SERVICE_LIFECYCLE = {"Type", "NotifyAccess", "RuntimeDirectory", "RuntimeDirectoryMode", "Environment",
+SERVICE_LIFECYCLE = {"Type", "NotifyAccess", "RuntimeDirectory", "RuntimeDirectoryMode", "Environment", "LimitNOFILE",
                      "ExecStart", "ExecReload", "KillMode", "TimeoutStopSec", "Restart", "RestartSec"}
 
 
@@ -146,9 +147,17 @@ def test_hooks_and_api_exec_run_in_the_sandbox_of_api_service(rendered):
     api = service_sandbox(rendered.text("units/api.service"))
     assert exec_sandbox(rendered.text("api-exec"), "/srv/api/current") == api
     assert ("StateDirectory", "api") in api and ("UMask", "0077") in api and ("User", "api") in api
-    # The scheduler too, plus its own Redis user's settings.
+    # The scheduler too, plus its own Redis user's settings, and every background process.
     assert service_sandbox(rendered.text("units/api-scheduler.service")) == [
         *api, ("EnvironmentFile", "/etc/api/scheduler.env")]
+    assert service_sandbox(rendered.text("units/api-consumer.service")) == api
+
+
+def test_a_background_process_runs_its_command_in_the_current_release(rendered):
+    unit = unit_settings(rendered.text("units/api-consumer.service"))
+    assert unit["ExecStart"] == ["/usr/bin/env python -m app.consumer"]
+    assert unit["Environment"] == ["PATH=/srv/api/current/venv/bin:/usr/local/bin:/usr/bin:/bin"]
+    assert unit["KillMode"] == ["mixed"] and unit["TimeoutStopSec"] == ["30"] and unit["Restart"] == ["always"]
 
 
 def test_the_sandbox_comparison_catches_a_line_in_one_place_only(rendered):
