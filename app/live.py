@@ -50,13 +50,15 @@ class CounterWatch:
         self.poller: asyncio.Task | None = None
 
     async def values_of(self, name: str) -> AsyncIterator[int | None]:
-        """The counter's value each time it differs from the last one sent; None when a
+        """The counter's value now, then each time it differs from the last one sent; None when a
         keep-alive is due. Ends when the worker drains; RedisUnavailable when Redis is down."""
+        # Read once for this client: its first value does not wait for the next round.
+        last, quiet = await current_value(name), 0.0
+        yield last
         self.watchers[name] += 1
         if self.poller is None or self.poller.done():
             self.poller = asyncio.create_task(self._poll())
         try:
-            last, quiet = None, 0.0
             while not stopping().is_set():
                 this_round = self.round
                 await _first_of(this_round, stopping(), timeout=KEEPALIVE_SECONDS)
@@ -102,20 +104,28 @@ async def _first_of(*events: asyncio.Event, timeout: float) -> None:
 watch = CounterWatch()
 
 
+async def current_value(name: str) -> int:
+    raw = await redis_call(client().get(_counter_key(name)))
+    return int(raw or 0)
+
+
+def _event(name: str, value: int) -> bytes:
+    return b"event: value\ndata: " + orjson.dumps({"name": name, "value": value}) + b"\n\n"
+
+
 @router.get("/counters/{name}/events", responses=REDIS_DOWN,
             response_description="text/event-stream: an event `value` with the counter's value on each change")
 async def counter_events(name: CounterName) -> StreamingResponse:
-    # One read before the stream starts: Redis down is a 503, not an empty stream.
-    await redis_call(client().exists(_counter_key(name)))
+    # Before the stream starts: Redis down is a 503, not an empty stream.
+    values = watch.values_of(name)
+    first = await anext(values)
 
     async def events() -> AsyncIterator[bytes]:
         yield f"retry: {RECONNECT_MS}\n\n".encode()
+        yield _event(name, first)
         try:
-            async for value in watch.values_of(name):
-                if value is None:
-                    yield b": keep-alive\n\n"
-                else:
-                    yield b"event: value\ndata: " + orjson.dumps({"name": name, "value": value}) + b"\n\n"
+            async for value in values:
+                yield b": keep-alive\n\n" if value is None else _event(name, value)
         except RedisUnavailable:
             # Headers are out: the stream just ends, and the client reconnects.
             return
