@@ -168,7 +168,8 @@ def markdown(result: dict) -> str:
     streams = result["streams"]
     idle = streams["idle"]
     lines += ["", "| SSE (`GET /counters/{name}/events`) | (a) kit stack | (b) app direct |", "| --- | ---: | ---: |",
-              f"| time to first event, median ms | {streams['ttfe_ms']['a']} | {streams['ttfe_ms']['b']} |",
+              f"| time to first event on a new connection (TLS for (a)), median ms | {streams['ttfe_ms']['a']} | "
+              f"{streams['ttfe_ms']['b']} |",
               f"| idle streams held (of {idle['asked']} opened) | {idle['held']:,} | |",
               f"| KiB per idle stream: gunicorn workers, nginx | {idle['kib_per_stream']['gunicorn']}, "
               f"{idle['kib_per_stream']['nginx']} | |"]
