@@ -110,6 +110,10 @@ CounterName = Annotated[
 ]
 
 
+def counter_key(name: str) -> str:
+    return f"{get_settings().redis_key_prefix}counters:{name}"
+
+
 @router.post("/counters/{name}", responses={
     **REDIS_DOWN,
     **DATA_FULL,
@@ -119,7 +123,7 @@ CounterName = Annotated[
 async def counter_increment(name: CounterName) -> Response:
     """Adds one and returns the new value: a retry after a lost answer would add one again, unless
     the client sends an Idempotency-Key (the kit then runs it once per key)."""
-    value = await redis_call(client().incr(f"{get_settings().redis_key_prefix}counters:{name}"))
+    value = await redis_call(client().incr(counter_key(name)))
     return JSONBytes({"name": name, "value": value})
 
 

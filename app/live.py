@@ -19,9 +19,8 @@ from fastapi.responses import StreamingResponse
 
 from vmkit.draining import stopping
 from vmkit.redis import RedisUnavailable, client, redis_call
-from vmkit.settings import get_settings
 
-from app.api import REDIS_DOWN, CounterName
+from app.api import REDIS_DOWN, CounterName, counter_key
 
 router = APIRouter()
 
@@ -32,10 +31,6 @@ POLL_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15.0
 # What an EventSource waits before it reconnects, in ms.
 RECONNECT_MS = 1000
-
-
-def _counter_key(name: str) -> str:
-    return f"{get_settings().redis_key_prefix}counters:{name}"
 
 
 class CounterWatch:
@@ -83,7 +78,7 @@ class CounterWatch:
         while self.watchers and not stopping().is_set():
             names = list(self.watchers)
             try:
-                raw = await redis_call(client().mget([_counter_key(name) for name in names]))
+                raw = await redis_call(client().mget([counter_key(name) for name in names]))
                 self.values, self.failed = {n: int(v or 0) for n, v in zip(names, raw)}, False
             except RedisUnavailable:
                 self.failed = True
@@ -105,7 +100,7 @@ watch = CounterWatch()
 
 
 async def current_value(name: str) -> int:
-    raw = await redis_call(client().get(_counter_key(name)))
+    raw = await redis_call(client().get(counter_key(name)))
     return int(raw or 0)
 
 
@@ -142,7 +137,7 @@ async def counter_live(websocket: WebSocket, name: CounterName) -> None:
     try:
         while True:
             if await websocket.receive_text() == "incr":
-                await redis_call(client().incr(_counter_key(name)))
+                await redis_call(client().incr(counter_key(name)))
     except (WebSocketDisconnect, RedisUnavailable):
         pass
     finally:

@@ -3,7 +3,8 @@
 - HEALTH_PATH (/health): 200 while the process serves, whatever Redis does; names the version,
   the worker id, the pid and the loop and parser in use.
 - READY_PATH (/ready): 200 when every dependency the deployment has answers: Redis when REDIS_URL
-  is set (and the cache Redis when REDIS_CACHE_URL is), a fresh scheduler heartbeat when SCHEDULER_JOBS is set; 503 naming what failed.
+  is set (and the cache Redis when REDIS_CACHE_URL is), a fresh scheduler heartbeat when
+  SCHEDULER_JOBS is set; 503 naming what failed.
   When both settings name one path, that path answers readiness.
 
 The deploy gate and nginx use the same two paths (from the same settings).
