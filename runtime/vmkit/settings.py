@@ -122,13 +122,13 @@ class Settings(BaseSettings):
         default=30, ge=1, description="seconds workers get to finish requests on stop or reload"
     )
     api_keepalive: int = Field(
-        default=5,
+        default=2,
         ge=2,
         description="seconds an idle keep-alive connection stays open (above nginx's upstream "
         "idle timeout, so nginx closes idle connections first)",
     )
     api_drain_seconds: float = Field(
-        default=6,
+        default=3,
         gt=0,
         description="seconds a draining worker keeps an idle connection that has no keep-alive "
         "timer yet (above API_KEEPALIVE, below API_GRACEFUL_TIMEOUT)",

@@ -206,7 +206,7 @@ def test_deploy_and_rollback_validate_first(unreachable_inventory):
 @pytest.mark.parametrize("override", [
     "app_drain_seconds=40",          # beyond the graceful timeout
     "app_keepalive=9",               # beyond the drain window derived before it was raised
-    "nginx_upstream_keepalive_timeout=5",  # not below the workers' keep-alive
+    "nginx_upstream_keepalive_timeout=2",  # not below the workers' keep-alive
 ], ids=["drain", "keepalive", "nginx"])
 def test_the_idle_timeouts_must_grow_from_nginx_to_the_graceful_timeout(unreachable_inventory, override):
     """nginx's upstream idle < API_KEEPALIVE < API_DRAIN_SECONDS < API_GRACEFUL_TIMEOUT, one check."""
