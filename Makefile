@@ -82,7 +82,7 @@ vagrant-deps:
 
 vagrant-e2e: system-deps install vagrant-deps
 	tools/vagrant-vm up || { tools/vagrant-vm down; exit 1; }
-	eval "$$(tools/vagrant-vm env)" && $(VENV)/bin/pytest -ra tests/e2e/test_site.py tests/e2e/test_vagrant.py \
+	eval "$$(tools/vagrant-vm env)" && $(VENV)/bin/pytest -ra tests/e2e/test_site*.py tests/e2e/test_vagrant.py \
 		-k "$(VAGRANT_E2E_TESTS)"; status=$$?; tools/vagrant-vm down && exit $$status
 
 vagrant-down:

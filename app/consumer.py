@@ -1,4 +1,4 @@
-"""`python -m app.consumer`: the example's background process (app_processes:
+"""`python -m app.consumer`: the example's background process (api_processes:
 {consumer: "python -m app.consumer"}), in the API's release, settings and sandbox.
 
 Takes the tasks POST /tasks queued (app/tasks.py), one at a time, and stores their result. A task

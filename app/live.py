@@ -27,7 +27,7 @@ router = APIRouter()
 # How often the watched counters are read (one MGET for all of a worker's clients).
 POLL_SECONDS = 0.25
 # A comment line this often keeps a silent stream open through proxies (nginx closes an upstream
-# connection after nginx_proxy_timeout, 60 s, without a byte).
+# connection after nginx_proxy_timeout, 30 s, without a byte).
 KEEPALIVE_SECONDS = 15.0
 # What an EventSource waits before it reconnects, in ms.
 RECONNECT_MS = 1000

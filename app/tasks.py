@@ -1,5 +1,5 @@
 """Work the example app does in the background: POST /tasks queues a text in the data Redis, the
-consumer process (app/consumer.py, a unit of its own through app_processes) counts its words,
+consumer process (app/consumer.py, a unit of its own through api_processes) counts its words,
 GET /tasks/{id} shows the result.
 
 Keys, under REDIS_KEY_PREFIX: tasks:queue (list of ids, oldest at the right),

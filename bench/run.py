@@ -26,7 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # The e2e suite's drivers of tools/testhost and of a host: one way to boot, reach and provision.
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "e2e")]
-from e2e_support import ApiHost, PlaybookRun, TestHosts  # noqa: E402
+from api_host import ApiHost, PlaybookRun  # noqa: E402
+from e2e_support import TestHosts  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 HOST_DIR = "/var/tmp/bench"
@@ -104,7 +105,7 @@ def provision_and_measure(args, host: ApiHost) -> dict:
         "systemctl restart api": lambda: host.sh("systemctl restart api"),
         "systemctl reload api": lambda: host.sh("systemctl reload api && sleep 5"),
         "deploy.yml (new release)": lambda: deploy.update(
-            run=checked(host.playbook("deploy.yml", "-e", f"app_version={version}-bench"))),
+            run=checked(host.playbook("deploy.yml", "-e", f"api_version={version}-bench"))),
     }
     disruptions = {name: under_load(host, event) for name, event in events.items()}
     return {

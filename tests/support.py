@@ -20,7 +20,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-# The example app, as the inventory names it (deploy/ansible/roles/app/defaults/main.yml).
+# The example app, as the inventory names it (deploy/ansible/roles/api/defaults/main.yml).
 EXAMPLE_APP = "app.main:app"
 EXAMPLE_JOBS = "app.jobs:jobs"
 

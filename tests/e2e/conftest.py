@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e_support import REPO, ApiHost, PlaybookRun, TestHosts, operator_extra_vars
+from api_host import ApiHost, PlaybookRun
+from e2e_support import REPO, TestHosts, operator_extra_vars
 
 OPERATOR_INVENTORY = os.environ.get("E2E_INVENTORY")
 
@@ -28,7 +29,7 @@ OPERATOR_INVENTORY = os.environ.get("E2E_INVENTORY")
 # that a p99 measured for several seconds after the first one sees none of the next; and the cache
 # Redis is small, so that flooding it twice over takes seconds (test_state).
 SUITE_VARS = {
-    "app_extra_env": {"SCHEDULER_TICK_SECONDS": 1},
+    "api_extra_env": {"SCHEDULER_TICK_SECONDS": 1},
     "nginx_costly_locations": [{"path": "/large-response", "rate": "2r/m", "burst": 1}],
     "redis_cache_maxmemory": "32mb",
 }
@@ -39,11 +40,31 @@ def controller_address(net: int) -> str:
     return f"10.231.{net}.1"
 
 
+# The modules on the session's host, in the order their tests build on each other: read-only
+# checks, then load and releases, then faults and what must still hold after them.
+SITE_MODULES = ("test_site.py", "test_site_zero_downtime.py", "test_site_faults.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The test-host tooling is checked on the bare host before test_site provisions it."""
+    """The test-host tooling is checked on the bare host before test_site provisions it. The
+    SITE_MODULES run one after the other, in that order, where the first of them was collected;
+    every other module keeps its place, and every test its place within its module."""
     here = Path(__file__).parent
     slots = [i for i, item in enumerate(items) if item.path.parent == here]
-    ours = sorted((items[i] for i in slots), key=lambda item: item.path.name != "test_testhost.py")
+
+    def module(item: pytest.Item) -> str:
+        return "site" if item.path.name in SITE_MODULES else item.path.name
+
+    place: dict[str, int] = {}
+    for n, slot in enumerate(slots):
+        place.setdefault(module(items[slot]), n)
+
+    def order(item: pytest.Item) -> tuple[bool, int, int]:
+        name = item.path.name
+        return (name != "test_testhost.py", place[module(item)],
+                SITE_MODULES.index(name) if name in SITE_MODULES else 0)
+
+    ours = sorted((items[i] for i in slots), key=order)
     for slot, item in zip(slots, ours):
         items[slot] = item
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from e2e_support import REPO, ApiHost, bare_host
+from api_host import ApiHost
+from e2e_support import REPO, bare_host
 from load import Target, run_under_load
 from support import stop_process, wait_until
 
@@ -134,8 +135,8 @@ def inventory(host, pebble) -> Path:
             "nginx_acme_email": "ops@example.org",
             "nginx_acme_server": pebble.directory,
             "nginx_acme_server_ca": str(pebble.listener_ca),
-            "app_project_dir": str(REPO),
-            "app_scheduler_jobs": "",
+            "api_project_dir": str(REPO),
+            "api_scheduler_jobs": "",
             # pebble's validation requests and the load come from the controller's address.
             "nginx_rate_limit_exempt": ["127.0.0.0/8", "::1/128", f"{CONTROLLER}/32"],
         },

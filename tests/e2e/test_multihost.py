@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from e2e_support import REPO, ApiHost, PlaybookRun, TestHosts, broken_project
+from api_host import ApiHost, PlaybookRun
+from e2e_support import REPO, TestHosts, broken_project
 from load import LoadResult, Target, run_under_load
 from support import wait_until
 
@@ -40,7 +41,7 @@ TICK = 1  # SCHEDULER_TICK_SECONDS below
 # As tests/e2e/conftest.py's SUITE_VARS: the example job ticks every second; the controller's many
 # clients share one address, which the limits must not count as one abusive client.
 EXTRA_VARS = {
-    "app_extra_env": {"SCHEDULER_TICK_SECONDS": TICK},
+    "api_extra_env": {"SCHEDULER_TICK_SECONDS": TICK},
     "nginx_rate_limit_exempt": ["127.0.0.0/8", "::1/128", f"{CONTROLLER}/32"],
 }
 
@@ -105,7 +106,7 @@ def write_inventory(hosts: TestHosts) -> Path:
             "ansible_ssh_common_args": f"-o UserKnownHostsFile={hosts.dir / 'known_hosts'} "
                                        "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
             "nginx_server_name": SERVER_NAME,
-            "app_project_dir": str(REPO),
+            "api_project_dir": str(REPO),
         },
         "children": {
             "lb": {"hosts": {LB: None}},
@@ -271,7 +272,7 @@ def test_web_hosts_take_https_from_the_lb_only(cluster):
 def test_rolling_deploy_under_load_fails_no_request(cluster):
     version = f"{cluster.first_version}-multi"
     before = {name: cluster.release(name) for name in (*WEB, *SCHEDULERS)}
-    load, run = under_load(cluster, lambda: cluster.playbook("deploy.yml", "-e", f"app_version={version}"))
+    load, run = under_load(cluster, lambda: cluster.playbook("deploy.yml", "-e", f"api_version={version}"))
     batches = run.output.count("PLAY [Switch the hosts to the release, batch by batch]")
     print(f"deploy.yml over {len(before)} hosts, one per batch: {run.seconds:.0f} s, {batches} batches")
     assert run.returncode == 0, str(run)
@@ -301,7 +302,7 @@ def test_batch_whose_release_cannot_start_stops_the_rollout(cluster, tmp_path):
     before = {name: cluster.release(name) for name in (*WEB, *SCHEDULERS)}
     version = f"{cluster.first_version}-broken"
     load, run = under_load(cluster, lambda: cluster.playbook(
-        "deploy.yml", "-e", f"app_project_dir={source}", "-e", f"app_version={version}"), min_requests=500)
+        "deploy.yml", "-e", f"api_project_dir={source}", "-e", f"api_version={version}"), min_requests=500)
     message = " ".join(run.output.split())
     print(f"deploy.yml of a release that cannot start: {run.seconds:.0f} s; failed requests through "
           f"the lb meanwhile: {len(load.result.failures)} of {load.result.total}; "

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import REPO, ApiHost, bare_host, operator_host
+from api_host import ApiHost
+from e2e_support import REPO, bare_host, operator_host
 from load import LoadResult, Target, run_under_load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -24,12 +25,12 @@ NET = 111  # own1 is 10.231.111.2; the controller's end of its link is .1
 MARKER_HOOK = ("python -c 'import os, pathlib, shop; pathlib.Path(os.environ[\"STATE_DIRECTORY\"], "
                "\"hook-\" + os.environ[\"RELEASE_ID\"]).write_text(shop.__name__)'")
 SHOP_VARS = {
-    "app_project_dir": str(SHOP),
-    "app_asgi_app": "shop.web:api",
-    "app_scheduler_jobs": "",
-    "app_health_path": "/healthz",
-    "app_ready_path": "/healthz",
-    "app_release_hooks": ["python -m shop.migrate", MARKER_HOOK],
+    "api_project_dir": str(SHOP),
+    "api_asgi_app": "shop.web:api",
+    "api_scheduler_jobs": "",
+    "api_health_path": "/healthz",
+    "api_ready_path": "/healthz",
+    "api_release_hooks": ["python -m shop.migrate", MARKER_HOOK],
     # The load tests send many clients' POSTs from the controller's one address.
     "nginx_rate_limit_exempt": [f"10.231.{NET}.1/32"],
 }
@@ -123,7 +124,7 @@ def test_restart_of_the_unknown_app_under_load_keeps_every_row(shop, shop_releas
 
 
 def test_deploy_and_rollback_under_load_keep_every_row(shop, shop_release):
-    deployed = orders_under_load(shop, lambda: shop.playbook("deploy.yml", "-e", "app_version=3.1.5"))
+    deployed = orders_under_load(shop, lambda: shop.playbook("deploy.yml", "-e", "api_version=3.1.5"))
     assert set(deployed.versions) <= {"3.1.4", "3.1.5"} and shop.get("/healthz").json()["version"] == "3.1.5"
     rolled_back = orders_under_load(shop, lambda: shop.playbook("rollback.yml"))
     assert "3.1.4" in rolled_back.versions
@@ -134,8 +135,8 @@ def test_deploy_and_rollback_under_load_keep_every_row(shop, shop_release):
 
 def test_a_failing_release_hook_stops_the_deploy_and_the_old_release_serves(shop, shop_release):
     failing = "echo migration-canary-6620 >&2; exit 7"
-    run = shop.playbook("deploy.yml", "-e", json.dumps({"app_version": "3.1.5",
-                                                        "app_release_hooks": [failing]}))
+    run = shop.playbook("deploy.yml", "-e", json.dumps({"api_version": "3.1.5",
+                                                        "api_release_hooks": [failing]}))
     message = " ".join(run.output.split())
     print(f"deploy.yml with a failing hook: {run.seconds:.0f} s")
     assert run.returncode != 0, str(run)
@@ -146,7 +147,7 @@ def test_a_failing_release_hook_stops_the_deploy_and_the_old_release_serves(shop
 
 
 def test_the_example_app_goes_back_onto_the_same_host(host, shop):
-    with operator_host(host, "example.yml", ["api", "scheduler", "redis"], {"app_project_dir": str(REPO)}) as example:
+    with operator_host(host, "example.yml", ["api", "scheduler", "redis"], {"api_project_dir": str(REPO)}) as example:
         run = example.playbook("site.yml")
         assert run.returncode == 0, str(run)
         assert example.health()["version"] == "0.1.0"

@@ -1,10 +1,12 @@
-"""The whole kit on one freshly booted host (issue #4): site.yml from bare, then TLS, services,
-sandboxing, logs, zero-downtime restarts and deploys under load, a release that cannot start,
-faults, and inventory mistakes.
+"""The whole kit on one freshly booted host (issue #4), first part: site.yml from bare and once
+more, then read-only checks: TLS, HTTP, services, sandboxing, SSH, the Redis ACL, hostile clients,
+the firewall, settings and logs.
 
-One host per session, provisioned once; the tests run in this order and build on each other
-(read-only checks, then load, then releases, then faults, then bad input), so run the module as a
-whole. Against an operator's host instead of e2e1: see E2E_INVENTORY in conftest.py.
+One host per session, provisioned once (fixtures `provisioning` and `site` in conftest.py). The
+tests of the site modules build on each other (read-only checks, then load, then releases, then
+faults, then bad input): this module, test_site_zero_downtime.py and test_site_faults.py run in
+that order (SITE_MODULES in conftest.py), so run them as a whole (tests/e2e/test_site*.py).
+Against an operator's host instead of e2e1: see E2E_INVENTORY in conftest.py.
 """
 
 import asyncio
@@ -20,21 +22,17 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
-from e2e_support import ApiHost, broken_project, raw_request
-from load import LoadResult, Target, run_under_load
+from api_host import ApiHost
+from e2e_support import raw_request, target
 from support import wait_until
 
 # The first test includes booting (and maybe building) the host and the first site.yml run.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 SERVICES = ("nginx", "redis-server", "api.socket", "api", "api-scheduler")
-LOAD_CLIENTS = 16
-LOAD_REQUESTS = 3000
 
 # Mozilla's server side TLS guidelines 6.0, "intermediate" (ssl-config.mozilla.org/guidelines/6.0.json),
 # in the shape sslyze's checker reads; sslyze 6.3.1 bundles only 5.7, which still allows DHE.
@@ -67,67 +65,6 @@ MOZILLA_INTERMEDIATE_6_0 = {
     "tls_curves": ["X25519MLKEM768", "X25519", "prime256v1", "secp384r1"],
     "tls_versions": ["TLSv1.2", "TLSv1.3"],
 }
-
-
-def target(site: ApiHost) -> Target:
-    return Target(site.address, site.server_name, str(site.ca))
-
-
-@dataclass
-class LoadRun:
-    result: LoadResult
-    counter: str  # the counter this run's POSTs incremented
-
-
-def under_load(site: ApiHost, operation, **options) -> tuple[LoadRun, object]:
-    """Mixed keep-alive load through nginx/TLS: GET /health and POST /counters/<fresh name>."""
-    counter = f"e2e-{uuid.uuid4().hex[:12]}"
-    result, outcome = run_under_load(target(site), operation, counter=counter, clients=LOAD_CLIENTS,
-                                     min_requests=LOAD_REQUESTS, **options)
-    print(f"load: {result.total} requests ({result.posts_ok} POSTs answered 2xx) by {LOAD_CLIENTS} "
-          f"clients, {len(result.failures)} failed, versions {dict(result.versions)}")
-    return LoadRun(result, counter), outcome
-
-
-def retried_posts(site: ApiHost, counter: str, answered: int) -> list[dict]:
-    """nginx access log lines of POSTs to the counter that nginx sent upstream more than once,
-    once nginx's buffered log holds a line for each of the `answered` POSTs."""
-
-    def logged() -> list[dict]:
-        found = site.log_records("/var/log/nginx/api.access.log", f"/counters/{counter}")
-        return found if len(found) >= answered else []
-
-    records = wait_until(logged, 10, f"nginx's access lines of {answered} POSTs") if answered else []
-    return [r for r in records if r["method"] == "POST" and "," in r["upstream_status"]]
-
-
-def assert_no_failures(site: ApiHost, run: LoadRun) -> None:
-    result = run.result
-    assert result.total >= LOAD_REQUESTS
-    kinds = Counter(failure.split(":", 1)[0] for failure in result.failures)
-    assert result.failures == [], (f"{len(result.failures)} of {result.total} requests failed "
-                                   f"({dict(kinds)}); first: {result.failures[:5]}")
-    # Nothing lost, nothing twice: every 2xx POST incremented the counter exactly once.
-    assert int(site.redis("GET", f"api:counters:{run.counter}")) == result.posts_ok
-    assert retried_posts(site, run.counter, result.posts_ok) == []
-
-
-def workers(site: ApiHost) -> tuple[int, set[int]]:
-    """(gunicorn master, its worker processes)."""
-    main = int(site.unit("api.service", "MainPID")["MainPID"])
-    children = site.sh(f"ps -o pid= --ppid {main} || true").stdout.split()
-    return main, {int(pid) for pid in children}
-
-
-def current_release(site: ApiHost) -> str:
-    return site.sh("readlink /srv/api/current").stdout.strip()
-
-
-def running_releases(site: ApiHost) -> dict[str, str]:
-    """RELEASE_ID in the environment each service was started with."""
-    script = ("for unit in api api-scheduler; do pid=$(systemctl show -p MainPID --value $unit); "
-              "echo $unit $(tr '\\0' '\\n' < /proc/$pid/environ | sed -n 's/^RELEASE_ID=//p'); done")
-    return dict(line.split() for line in site.sh(script).stdout.splitlines())
 
 
 # ---------------------------------------------------------------- provisioning
@@ -451,282 +388,3 @@ def test_api_logs_json_lines_with_worker_id(site):
     records = [json.loads(line) for line in lines]
     started = [r for r in records if r.get("logger") == "vmkit.probes" and r["msg"] == "started"]
     assert started and all(isinstance(r.get("worker_id"), int) for r in started)
-
-
-# ---------------------------------------------------------------- zero downtime under load
-
-
-def test_restart_under_load_fails_no_request(site):
-    before, _ = workers(site)
-    run, _ = under_load(site, lambda: site.sh("systemctl restart api"))
-    assert_no_failures(site, run)
-    after, _ = workers(site)
-    assert after != before
-
-
-def test_reload_under_load_fails_no_request(site):
-    main, old = workers(site)
-
-    def reload() -> None:
-        site.sh("systemctl reload api")
-        # Load stays on until every old worker has been replaced.
-        wait_until(lambda: (w := workers(site)[1]) and not w & old, 60, "new workers after HUP")
-
-    run, _ = under_load(site, reload)
-    assert_no_failures(site, run)
-    assert workers(site)[0] == main
-
-
-RECYCLE_SECONDS = 60
-
-
-def test_workers_recycled_by_max_requests_under_load_fail_no_request(site):
-    """API_MAX_REQUESTS small enough that every worker is replaced several times in a minute."""
-    env = "/etc/api/api.env"
-    original = site.sh(f"cat {env}").stdout
-    site.sh(f"sed -i -e 's/^API_MAX_REQUESTS=.*/API_MAX_REQUESTS=\"300\"/' "
-            f"-e 's/^API_MAX_REQUESTS_JITTER=.*/API_MAX_REQUESTS_JITTER=\"100\"/' {env} "
-            "&& systemctl restart api")
-    invocation = site.unit("api.service", "InvocationID")["InvocationID"]
-    try:
-        run, _ = under_load(site, lambda: time.sleep(RECYCLE_SECONDS), max_seconds=RECYCLE_SECONDS + 120)
-        started = site.sh(f"journalctl _SYSTEMD_INVOCATION_ID={invocation} -o cat --no-pager "
-                          "| grep -c '\"worker started\"'").stdout.strip()
-        replaced = int(started) - int(site.env_setting("API_WORKERS"))
-        print(f"{replaced} workers replaced by max_requests in {RECYCLE_SECONDS} s")
-        assert replaced >= 3 * int(site.env_setting("API_WORKERS"))
-        assert_no_failures(site, run)
-    finally:
-        site.python(f"open({env!r}, 'w').write({original!r})")
-        site.sh("systemctl restart api")
-
-
-@pytest.fixture(scope="module")
-def first_release(site) -> dict:
-    """The release site.yml installed, before the deploy tests change it."""
-    return {"version": site.health()["version"], "dir": current_release(site)}
-
-
-def test_deploy_of_a_new_release_under_load_fails_no_request(site, first_release):
-    version = f"{first_release['version']}-e2e"
-    load, run = under_load(site, lambda: site.playbook("deploy.yml", "-e", f"app_version={version}"))
-    print(f"deploy.yml: {run.seconds:.0f} s")
-    assert run.returncode == 0, str(run)
-    assert_no_failures(site, load)
-    assert site.health()["version"] == version
-    assert current_release(site) != first_release["dir"]
-    assert running_releases(site) == dict.fromkeys(["api", "api-scheduler"], Path(current_release(site)).name)
-
-
-def test_rollback_under_load_fails_no_request(site, first_release):
-    load, run = under_load(site, lambda: site.playbook("rollback.yml"))
-    print(f"rollback.yml: {run.seconds:.0f} s")
-    assert run.returncode == 0, str(run)
-    assert_no_failures(site, load)
-    assert site.health()["version"] == first_release["version"]
-    assert current_release(site) == first_release["dir"]
-    assert running_releases(site) == dict.fromkeys(["api", "api-scheduler"], Path(first_release["dir"]).name)
-
-
-def test_release_that_cannot_start_is_switched_back(site, first_release, tmp_path):
-    source = broken_project(tmp_path / "broken")
-    old = first_release["dir"]
-    assert current_release(site) == old
-
-    run = site.playbook("deploy.yml", "-e", f"app_project_dir={source}",
-                        "-e", f"app_version={first_release['version']}-broken")
-    message = " ".join(run.output.split())
-    print(f"deploy.yml of a broken release: {run.seconds:.0f} s; {message.rpartition('msg: ')[2][:400]}")
-    assert run.returncode != 0, str(run)
-    assert re.search(rf"Release {re.escape(first_release['version'])}-broken-\w+ did not come up on "
-                     rf"{re.escape(site.name)}", message), str(run)
-    assert f"Switched back to {Path(old).name}, which is ready again" in message, str(run)
-    # What to look at: the failed release's own log lines.
-    # (after several crash-restarts the app's own traceback may be older than these lines)
-    assert "Last lines of journalctl -u api" in message and '"logger":"gunicorn.error"' in message, str(run)
-    assert current_release(site) == old
-    assert site.health()["version"] == first_release["version"]
-    assert site.get("/ready").status_code == 200
-    assert running_releases(site) == dict.fromkeys(["api", "api-scheduler"], Path(old).name)
-
-
-# ---------------------------------------------------------------- faults
-
-
-def test_killed_worker_comes_back_with_its_id_within_5_seconds(site):
-    """The id of each live worker is read from its "worker started" log line; a SIGKILLed worker's
-    replacement must log the same id."""
-    out = site.python(KILL_WORKER, timeout=60).stdout
-    report = json.loads(out)
-    print(f"worker kill: {report}")
-    assert report["replacement"] is not None, f"no replacement for worker {report['worker_id']}: {report}"
-    assert report["seconds"] <= 5, report
-    main, alive = workers(site)
-    assert report["replacement"] in alive and report["victim"] not in alive
-
-
-def test_report_failures_when_a_worker_is_killed_under_load(site):
-    """Not a promise of the kit (a killed worker drops what it holds): the figure for the notes."""
-    _, before = workers(site)
-    run, _ = under_load(site, lambda: site.sh(f"kill -9 {min(before)}"))
-    kinds = Counter(failure.split(":", 1)[0] for failure in run.result.failures)
-    print(f"kill -9 of a worker under load: {len(run.result.failures)} of {run.result.total} failed "
-          f"({dict(kinds)})")
-    wait_until(lambda: len(workers(site)[1]) == len(before), 30, "the killed worker's replacement")
-
-
-KILL_WORKER = r"""
-import json, os, signal, subprocess, time
-
-def sh(*args):
-    return subprocess.run(args, capture_output=True, text=True, check=True).stdout
-
-def started(cursor=None):
-    args = ['journalctl', '_SYSTEMD_UNIT=api.service', '-o', 'cat', '--no-pager']
-    args += ['--after-cursor', cursor] if cursor else ['_SYSTEMD_INVOCATION_ID=' + invocation]
-    out = {}
-    for line in sh(*args).splitlines():
-        if '"worker started"' in line:
-            record = json.loads(line)
-            out[record['pid']] = record['worker_id']
-    return out
-
-main = int(sh('systemctl', 'show', '-p', 'MainPID', '--value', 'api.service'))
-invocation = sh('systemctl', 'show', '-p', 'InvocationID', '--value', 'api.service').strip()
-children = {int(p) for p in sh('ps', '-o', 'pid=', '--ppid', str(main)).split()}
-ids = started()
-victim = min(children)
-worker_id = ids[victim]
-cursor = sh('journalctl', '-n', '0', '--show-cursor', '--no-pager').split('cursor: ')[1].strip()
-os.kill(victim, signal.SIGKILL)
-killed = time.monotonic()
-replacement = None
-while replacement is None and time.monotonic() - killed < 15:
-    replacement = next((pid for pid, wid in started(cursor).items() if wid == worker_id and pid != victim), None)
-    time.sleep(0.05)
-print(json.dumps({'victim': victim, 'worker_id': worker_id, 'replacement': replacement,
-                  'seconds': round(time.monotonic() - killed, 2)}))
-"""
-
-
-def test_killed_master_is_restarted_by_systemd(site):
-    before = site.unit("api.service", "MainPID", "NRestarts")
-    site.sh(f"kill -9 {before['MainPID']}")
-
-    def restarted() -> dict | None:
-        now = site.unit("api.service", "MainPID", "NRestarts", "ActiveState")
-        return now if now["ActiveState"] == "active" and now["MainPID"] not in ("0", before["MainPID"]) else None
-
-    after = wait_until(restarted, 30, "api.service to run a new gunicorn master", interval=0.2)
-    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
-    assert site.health()["status"] == "ok"
-
-
-def ticks(site: ApiHost) -> list[str]:
-    """What the example job itself wrote: one entry per run, its scheduled time."""
-    return site.redis("LRANGE", "api:example:ticks", "0", "-1").split()
-
-
-def test_killed_scheduler_resumes_without_running_a_tick_twice(site):
-    before = site.unit("api-scheduler.service", "MainPID")["MainPID"]
-    wait_until(lambda: ticks(site), 30, "the example job to run")
-    site.sh(f"kill -9 {before}")
-
-    def restarted() -> bool:
-        now = site.unit("api-scheduler.service", "MainPID", "ActiveState")
-        return now["ActiveState"] == "active" and now["MainPID"] not in ("0", before)
-
-    wait_until(restarted, 30, "systemd to restart api-scheduler", interval=0.2)
-    # Whatever is written from here on, the new process wrote; it leads once the dead leader's
-    # lease has expired (SCHEDULER_LEASE_TTL).
-    last_before = ticks(site)[-1]
-    wait_until(lambda: len([t for t in ticks(site) if t > last_before]) >= 3, 60,
-               "the example job to run 3 times in the new scheduler", interval=0.5)
-    written = ticks(site)
-    assert len(written) == len(set(written)), f"ticks ran twice: {[t for t, n in Counter(written).items() if n > 1]}"
-    for job in site.get("/jobs").json()["jobs"]:
-        scheduled = [run["scheduled"] for run in job["recent_runs"]]
-        assert len(scheduled) == len(set(scheduled)), f"{job['id']} ran a time twice: {scheduled}"
-    wait_until(lambda: site.get("/ready").status_code == 200, 30, "/ready after the scheduler restart")
-
-
-def test_redis_outage_degrades_and_recovers_without_restarting_api(site):
-    """Each Redis down in turn: the routes that need it answer 503 with a JSON body, the others
-    keep working, and everything is back once it is, without restarting api."""
-    main = site.unit("api.service", "MainPID")["MainPID"]
-    site.sh("systemctl stop redis-server")
-    try:
-        assert site.get("/health").status_code == 200
-        assert site.get("/ready").status_code == 503
-        counter = site.request("POST", "/counters/e2e-outage")
-        assert counter.status_code == 503 and "detail" in counter.json()
-        # The cache is another server.
-        assert site.request("PUT", "/cache/e2e-outage", json={"value": "up"}).status_code == 200
-    finally:
-        site.sh("systemctl start redis-server")
-    site.sh("systemctl stop redis-server@cache")
-    try:
-        assert site.get("/ready").status_code == 503
-        cache = site.get("/cache/e2e-outage")
-        assert cache.status_code == 503 and "detail" in cache.json()
-        assert site.request("POST", "/counters/e2e-outage").status_code == 200
-    finally:
-        site.sh("systemctl start redis-server@cache")
-    wait_until(lambda: site.get("/ready").status_code == 200, 60, "/ready after Redis is back", interval=0.5)
-    assert site.request("PUT", "/cache/e2e-outage", json={"value": "back", "ttl": 60}).status_code == 200
-    assert site.get("/cache/e2e-outage").json()["value"] == "back"
-    assert site.unit("api.service", "MainPID")["MainPID"] == main
-
-
-def test_site_yml_after_the_faults_changes_nothing(site):
-    """systemd repaired every fault above, so the host is still what site.yml describes."""
-    run = site.playbook("site.yml")
-    print(f"site.yml after the faults: {run.seconds:.0f} s")
-    assert run.returncode == 0, str(run)
-    assert {recap["changed"] for recap in run.recap.values()} == {0}, (
-        f"changed tasks: {run.tasks_with('changed')}\n{run}")
-
-
-def test_no_secret_in_the_logs(site):
-    """The Redis password never leaves /etc/api/api.env: not in the journal of the services (all
-    fields), not in nginx's logs. Counted on the host, so the password never reaches this side."""
-    counts = site.python(SECRET_IN_LOGS, timeout=300).stdout.split()
-    # The first count proves the search finds the password where it is.
-    assert counts == ["1", "0", "0"], f"password found in (api.env, journal, nginx logs): {counts}"
-
-
-SECRET_IN_LOGS = r"""
-import glob, shlex, subprocess
-from urllib.parse import unquote, urlsplit
-for line in open('/etc/api/api.env'):
-    if line.startswith('REDIS_URL='):
-        secret = unquote(urlsplit(shlex.split(line.split('=', 1)[1])[0]).password)
-assert len(secret) >= 12
-env_file = open('/etc/api/api.env').read().count(secret)
-journal = subprocess.run(['journalctl', '-u', 'api', '-u', 'api-scheduler', '-u', 'nginx', '-u', 'api.socket',
-                          '-o', 'verbose', '--no-pager'], capture_output=True, text=True, check=True).stdout
-nginx = ''.join(open(f, errors='replace').read() for f in glob.glob('/var/log/nginx/*.log'))
-print(min(env_file, 1), journal.count(secret), nginx.count(secret))
-"""
-
-
-# ---------------------------------------------------------------- inventory mistakes
-
-
-FINGERPRINT = "find /etc /srv -xdev -printf '%p %M %U %G %s %T@ %l\\n' | sort | sha256sum"
-
-
-@pytest.mark.parametrize("override, named", [
-    ({"nginx_server_name": ""}, ["nginx_server_name"]),
-    ({"nginx_tls_mode": "files"}, ["nginx_tls_cert_file", "nginx_tls_key_file"]),
-], ids=["missing-server-name", "files-mode-without-cert"])
-def test_bad_inventory_fails_first_and_changes_nothing(site, override, named):
-    before = site.sh(FINGERPRINT).stdout
-    run = site.playbook("site.yml", "-e", json.dumps(override))
-    assert run.returncode != 0, str(run)
-    assert run.tasks == ["Validate the inventory"], str(run)
-    assert (run.recap[site.name]["failed"], run.recap[site.name]["ok"]) == (1, 0), str(run)
-    failure = " ".join(run.output.split("TASK [Validate the inventory]")[1].split())
-    for variable in named:
-        assert variable in failure, str(run)
-    assert site.sh(FINGERPRINT).stdout == before

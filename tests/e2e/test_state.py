@@ -7,7 +7,7 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from e2e_support import ApiHost
+from api_host import ApiHost
 from support import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

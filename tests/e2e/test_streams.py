@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from e2e_support import REPO, ApiHost, bare_host, operator_host
+from api_host import ApiHost
+from e2e_support import REPO, bare_host, operator_host
 from support import wait_until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -28,14 +29,14 @@ NET = 112  # live1 is 10.231.112.2; the controller's end of its link is .1
 PROXY_TIMEOUT = 8
 LONG_PREFIX = "/slow/long-"
 LIVE_VARS = {
-    "app_project_dir": str(REPO / "tests" / "shop"),
-    "app_asgi_app": "shop.web:api",
-    "app_scheduler_jobs": "",
-    "app_health_path": "/healthz",
-    "app_ready_path": "/healthz",
-    "app_release_hooks": ["python -m shop.migrate"],
-    "app_processes": {"worker": "python -m shop.worker"},
-    "app_long_requests": [{"path": LONG_PREFIX, "timeout": 20}],
+    "api_project_dir": str(REPO / "tests" / "shop"),
+    "api_asgi_app": "shop.web:api",
+    "api_scheduler_jobs": "",
+    "api_health_path": "/healthz",
+    "api_ready_path": "/healthz",
+    "api_release_hooks": ["python -m shop.migrate"],
+    "api_processes": {"worker": "python -m shop.worker"},
+    "api_long_requests": [{"path": LONG_PREFIX, "timeout": 20}],
     "nginx_proxy_timeout": f"{PROXY_TIMEOUT}s",
     "nginx_rate_limit_exempt": [f"10.231.{NET}.1/32"],
 }
@@ -75,7 +76,7 @@ def slow_runs(host: ApiHost, tag: str) -> int:
 
 def test_too_slow_gets_one_504_and_a_long_path_waits_longer(live):
     """Beyond nginx_proxy_timeout a request gets 504 once and its handler ran once (nginx does not
-    send it again); on a path of app_long_requests the same wait is answered."""
+    send it again); on a path of api_long_requests the same wait is answered."""
     slow, long = secrets.token_hex(4), f"long-{secrets.token_hex(4)}"
     seconds = PROXY_TIMEOUT + 4
 
@@ -169,7 +170,7 @@ def test_the_background_process_runs_beside_the_api_and_moves_on_deploy(live):
     before = worker_log(live)
     assert before[-1][:2] == ("started", old)
 
-    run = live.playbook("deploy.yml", "-e", "app_version=3.2.0")
+    run = live.playbook("deploy.yml", "-e", "api_version=3.2.0")
     assert run.returncode == 0, str(run)
     new = current_release(live)
     assert new != old and new.startswith("3.2.0-")
@@ -185,7 +186,7 @@ def test_the_background_process_runs_beside_the_api_and_moves_on_deploy(live):
 
 
 def test_a_process_dropped_from_the_inventory_loses_its_unit(live):
-    run = live.playbook("site.yml", "-e", json.dumps({"app_processes": {}}))
+    run = live.playbook("site.yml", "-e", json.dumps({"api_processes": {}}))
     assert run.returncode == 0, str(run)
     assert live.sh("systemctl list-unit-files --no-legend api-worker.service", check=False).stdout.strip() == ""
     assert live.sh("systemctl is-active api-worker", check=False).stdout.strip() in ("inactive", "unknown")

@@ -33,9 +33,7 @@ def test_vm_settings_reach_the_suite_as_written(tmp_path):
     39-minute `vagrant up`)."""
     if os.geteuid() != 0:
         pytest.skip("tools/vagrant-vm runs as root only")
-    (tmp_path / "tools").mkdir()
-    for tool in ("vagrant-vm", "testhost"):
-        shutil.copy(REPO / "tools" / tool, tmp_path / "tools" / tool)
+    shutil.copytree(REPO / "tools", tmp_path / "tools", ignore=shutil.ignore_patterns("__pycache__"))
     # The state `up` leaves: which libvirt domain type it used.
     (tmp_path / ".vagrant").mkdir()
     (tmp_path / ".vagrant" / "api-kit-driver").write_text("qemu")

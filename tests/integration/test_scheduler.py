@@ -9,7 +9,6 @@ password doubles as a check that no daemon ever logs REDIS_URL.
 import asyncio
 import secrets
 import signal
-import sys
 import textwrap
 import time
 from datetime import UTC, datetime, timedelta

@@ -66,13 +66,14 @@ def render(root: Path, groups: tuple[str, ...] = ("api", "scheduler", "redis"),
         (root / sub).mkdir(parents=True, exist_ok=True)
     variables = {
         "nginx_conf_dir": str(nginx_dir),
+        "nginx_tls_dir": str(nginx_dir / "tls"),
         "nginx_log_dir": str(root / "log"),
         "nginx_server_name": SERVER_NAME,
         "nginx_build": {"stderr": nginx_build_info()},
         "redis_password": REDIS_PASSWORD,
         "redis_scheduler_password": REDIS_SCHEDULER_PASSWORD,
         "redis_admin_password": REDIS_ADMIN_PASSWORD,
-        "app_release": {"version": "9.9.9", "release_id": "9.9.9-static"},
+        "api_release": {"version": "9.9.9", "release_id": "9.9.9-static"},
         **overrides,
     }
     (root / "vars.json").write_text(json.dumps(variables))
@@ -107,7 +108,7 @@ def make_throwaway_cert(tls_dir: Path, name: str) -> None:
 
 
 def env_file(text: str) -> dict[str, str]:
-    """KEY="value" lines of a systemd EnvironmentFile as rendered by the app role."""
+    """KEY="value" lines of a systemd EnvironmentFile as rendered by the api role."""
     values = {}
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):

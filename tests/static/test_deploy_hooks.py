@@ -1,4 +1,4 @@
-"""Release hooks (app_release_hooks, roles/app/tasks/hooks.yml) run by ansible-playbook on this
+"""Release hooks (api_release_hooks, roles/api/tasks/hooks.yml) run by ansible-playbook on this
 machine through the real api-exec script (deploy/systemd/api-exec.j2, rendered by the play), with a
 stand-in for systemd-run (systemd is not PID 1 here) that does what the transient unit would: both
 EnvironmentFiles in order, the WorkingDirectory, the command, and its exit status. It records every
@@ -42,28 +42,30 @@ sys.exit(subprocess.run(args, env=env, cwd=cwd).returncode)
 '''
 
 PLAY = """
-- name: Run the release hooks of the app role
+- name: Run the release hooks of the api role
   hosts: localhost
   connection: local
   gather_facts: false
   vars_files:
-    - ROLES/app/defaults/main.yml
+    - ROLES/shared/defaults/main.yml
+    - ROLES/api/defaults/main.yml
+    - ROLES/api/vars/main.yml
   tasks:
     - name: Install api-exec as site.yml does
       ansible.builtin.template:
-        src: ROLES/app/templates/api-exec.j2
-        dest: "{{ app_exec_path }}"
+        src: ROLES/api/templates/api-exec.j2
+        dest: "{{ api_exec_path }}"
         mode: "0755"
 
     - name: Release hooks
       ansible.builtin.include_role:
-        name: app
+        name: api
         tasks_from: hooks.yml
 """
 
 
 class Host:
-    """A directory laid out like a host: app_root with an old and a new release, and api.env."""
+    """A directory laid out like a host: api_root with an old and a new release, and api.env."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -92,9 +94,9 @@ class Host:
             link.symlink_to(release)
 
     def deploy(self, hooks: list[str], always: bool = False):
-        extra = {"app_root": str(self.app_root), "app_release_dir": str(self.new), "app_env_file": str(self.env_file),
-                 "app_user": "shop", "app_group": "shopgrp", "app_release_hooks": hooks,
-                 "app_exec_path": str(self.bin / "api-exec"), "app_hooks_always": always,
+        extra = {"api_root": str(self.app_root), "api_release_dir": str(self.new), "api_env_file": str(self.env_file),
+                 "api_user": "shop", "api_group": "shopgrp", "api_release_hooks": hooks,
+                 "api_exec_path": str(self.bin / "api-exec"), "api_hooks_always": always,
                  "ansible_python_interpreter": sys.executable}
         (self.root / "vars.json").write_text(json.dumps(extra))
         return run(VENV_BIN / "ansible-playbook", "-i", "localhost,", self.root / "play.yml",
@@ -155,7 +157,7 @@ def test_site_runs_the_hooks_again_only_when_the_release_settings_or_hooks_chang
     # Nothing changed: a second run runs nothing and changes nothing.
     again = host.deploy(["touch ran"])
     assert again.returncode == 0 and recap(again.stdout)["changed"] == 0 and len(host.calls()) == 1
-    # api.env changed (e.g. app_extra_env): the hooks run against the new settings.
+    # api.env changed (e.g. api_extra_env): the hooks run against the new settings.
     host.env_file.write_text(host.env_file.read_text() + 'FEATURE="on"\n')
     assert host.deploy(["touch ran"]).returncode == 0 and len(host.calls()) == 2
     # Another hook list.

@@ -204,9 +204,9 @@ def test_api_env_names_the_project_and_the_probe_paths(rendered):
 
 
 def test_api_env_of_another_project_without_redis_or_scheduler(tmp_path):
-    out = render(tmp_path, groups=("api",), app_asgi_app="shop.web:api", app_scheduler_jobs="",
-                 app_health_path="/livez", app_ready_path="/readyz",
-                 app_extra_env={"CORS_ORIGINS": "https://a.example", "SHOP_NAME": 'say "hi"'})
+    out = render(tmp_path, groups=("api",), api_asgi_app="shop.web:api", api_scheduler_jobs="",
+                 api_health_path="/livez", api_ready_path="/readyz",
+                 api_extra_env={"CORS_ORIGINS": "https://a.example", "SHOP_NAME": 'say "hi"'})
     env = env_file(out.text("api.env"))
     assert (env["ASGI_APP"], env["SCHEDULER_JOBS"]) == ("shop.web:api", "")
     assert (env["HEALTH_PATH"], env["READY_PATH"]) == ("/livez", "/readyz")

@@ -21,7 +21,7 @@ def lb(tmp_path_factory):
     root = tmp_path_factory.mktemp("lb")
     make_throwaway_cert(root / "nginx" / "tls", SERVER_NAME)
     out = render(root, groups=("lb",), peers={**WEB, "sched1": ("scheduler", "redis")},
-                 lb_upstream_ca_path=str(root / "nginx" / "tls" / f"{SERVER_NAME}.crt"))
+                 nginx_lb_upstream_ca_path=str(root / "nginx" / "tls" / f"{SERVER_NAME}.crt"))
     shutil.copy("/etc/nginx/mime.types", out.root / "nginx" / "mime.types")
     return out
 

@@ -119,7 +119,7 @@ def locations(server: str) -> dict[str, str]:
 
 
 def test_probe_paths_are_proxied_without_the_rate_limit(rendered, tmp_path):
-    custom = render(tmp_path, app_health_path="/livez", app_ready_path="/_/ready")
+    custom = render(tmp_path, api_health_path="/livez", api_ready_path="/_/ready")
     shutil.copy("/etc/nginx/mime.types", custom.root / "nginx" / "mime.types")
     make_throwaway_cert(custom.root / "nginx" / "tls", SERVER_NAME)
     assert nginx_test(custom.nginx_conf) == ""
@@ -148,19 +148,19 @@ def checked_render(tmp_path, **overrides):
 
 
 def test_one_probe_path_for_both_gets_one_location(tmp_path):
-    out = checked_render(tmp_path, app_health_path="/healthz", app_ready_path="/healthz")
+    out = checked_render(tmp_path, api_health_path="/healthz", api_ready_path="/healthz")
     assert nginx_test(out.nginx_conf) == ""
     assert set(locations(site_server(out))) == {"/", "= /healthz"}
 
 
 def test_long_requests_get_their_own_read_timeout_and_the_rest_a_prompt_504(tmp_path):
-    out = checked_render(tmp_path, app_long_requests=[{"path": "/reports", "timeout": 25}],
-                         app_graceful_timeout=30)
+    out = checked_render(tmp_path, api_long_requests=[{"path": "/reports", "timeout": 25}],
+                         api_graceful_timeout=30)
     assert nginx_test(out.nginx_conf) == ""
     server = site_server(out)
     found = locations(server)
     assert directives(found["^~ /reports"], "proxy_read_timeout") == ["25s"]
     assert directives(found["^~ /reports"], "limit_req") == ["zone=api burst=100 nodelay"]
     # Everything else: nginx's own timeout, and a timed-out request is never sent again.
-    assert directives(server, "proxy_read_timeout")[0] == "60s"
+    assert directives(server, "proxy_read_timeout")[0] == "30s"
     assert "timeout" not in directives(server, "proxy_next_upstream")[0]

@@ -1,4 +1,4 @@
-"""The release bundle the app role builds on the controller (roles/app/files/build_release.py): the
+"""The release bundle the api role builds on the controller (roles/api/files/build_release.py): the
 project's wheel (any layout, any package name) and the kit runtime's wheel, ids that hash what the
 hosts install, one bundle per id, and clear errors for a project that is not deployable."""
 
@@ -12,7 +12,7 @@ import pytest
 
 from deploy_static import ANSIBLE_DIR, REPO
 
-BUILD = ANSIBLE_DIR / "roles" / "app" / "files" / "build_release.py"
+BUILD = ANSIBLE_DIR / "roles" / "api" / "files" / "build_release.py"
 
 
 def run_build(project: Path, cache: Path, *, kit: Path | None = None, version: str = "") -> subprocess.CompletedProcess:
@@ -127,7 +127,7 @@ def test_a_project_without_its_files_is_refused_by_name(project, kit, tmp_path, 
     (project / missing).unlink()
     result = run_build(project, tmp_path / "cache", kit=kit)
     assert result.returncode != 0
-    assert f"app_project_dir ({project}) has no {missing}" in result.stderr
+    assert f"api_project_dir ({project}) has no {missing}" in result.stderr
     assert not (tmp_path / "cache").exists()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_static import env_file, run, tool, unit_settings
+from deploy_static import run, tool, unit_settings
 
 UNITS = ("api.socket", "api.service", "api-scheduler.service", "api-consumer.service")
 SERVICES = ("api.service", "api-scheduler.service", "api-consumer.service")
@@ -114,14 +114,6 @@ def test_scheduler_service_runs_the_current_release_and_always_comes_back(render
     assert unit["EnvironmentFile"] == ["/etc/api/api.env", "/srv/api/current/release.env",
                                        "/etc/api/scheduler.env"]
     assert unit["Restart"] == ["always"] and int(unit["RestartSec"][0]) <= 5
-
-
-def test_stop_timeouts_outlast_the_drain_timeouts(rendered):
-    env = env_file(rendered.text("api.env"))
-    api = unit_settings(rendered.text("units/api.service"))
-    scheduler = unit_settings(rendered.text("units/api-scheduler.service"))
-    assert int(api["TimeoutStopSec"][0]) > int(env["API_GRACEFUL_TIMEOUT"])
-    assert int(scheduler["TimeoutStopSec"][0]) > int(env["SCHEDULER_DRAIN_TIMEOUT"])
 
 
 # What makes a unit a long-running service rather than a command: everything else of api.service

@@ -1,4 +1,4 @@
-"""`python -m shop.worker`: the shop's background process (app_processes). Fulfils new orders
+"""`python -m shop.worker`: the shop's background process (api_processes). Fulfils new orders
 every second, and notes in worker_log when it starts and when it stops, with its release and pid:
 a stop on SIGTERM finishes the round at hand and is noted, a kill is not."""
 
