@@ -34,7 +34,7 @@ HOST_DIR = "/var/tmp/bench"
 MEASURE = ["sudo", "-n", "python3", f"{HOST_DIR}/measure.py"]
 ROUTE_LABELS = {"health": "/health", "small_json": "GET /cache/bench (small JSON, Redis)",
                 "post": "POST /counters/bench (Redis)", "large_500kb": "/large-response 500 KB"}
-# Targets of the kit on a 2-core machine (see README, "Performance").
+# Targets of the kit on a 2-core machine (see docs/performance.md).
 TARGETS = {"a/c": 2.0, "a/b": 0.80, "b/g": 0.90, "large a/c": 4.0, "large bytes c/a": 8.0}
 
 

@@ -5,8 +5,8 @@ the id and its duration covers the kit's and the app's own middleware.
 
 Behind nginx the line is off (API_ACCESS_LOG=false): nginx's JSON access log records the same
 request id, status and duration (request_time, upstream_response_time) in buffered C, while the
-line here costs each request a logging call, a write and journald's parsing (see README,
-"Performance")."""
+line here costs each request a logging call, a write and journald's parsing (see
+docs/performance.md)."""
 
 import logging
 import re

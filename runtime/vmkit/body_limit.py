@@ -3,7 +3,7 @@ them. nginx's client_max_body_size is the edge's limit; this one holds where a w
 some other way (gunicorn run directly, a mistake in front of the socket).
 
 Cheaper than FastAPI's `max_body_size`, which wraps every request in three middleware layers: a
-request without a body passes after one look at its headers (measured in README, "Performance")."""
+request without a body passes after one look at its headers (docs/performance.md)."""
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 

@@ -12,7 +12,7 @@ request runs at most once per key, so a client may retry it safely after any fai
 - Redis unavailable: 503 (507 when the data Redis is full), and the app does not run.
 
 The kit's worker puts this in front of every app when REDIS_URL is set; without Redis the header
-is not honoured (the README says so).
+is not honoured (docs/architecture.md says so).
 """
 
 import base64
