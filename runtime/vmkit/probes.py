@@ -21,7 +21,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from redis.asyncio import Redis
 
-from vmkit import runtime
+from vmkit import loop_and_parser
 from vmkit.redis import RedisUnavailable, cache_client, client, close_client, redis_call
 from vmkit.scheduler import state as schedule_state
 from vmkit.settings import Settings, get_settings
@@ -32,8 +32,8 @@ log = logging.getLogger("vmkit.probes")
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
     settings = get_settings()
-    current = runtime.detect()
-    runtime.report(current, production=settings.api_env == "production")
+    current = loop_and_parser.detect()
+    loop_and_parser.report(current, production=settings.api_env == "production")
     health_body = orjson.dumps(
         {
             "status": "ok",

@@ -7,7 +7,7 @@ without writing it:
 - 413 for bodies over API_MAX_BODY_BYTES (vmkit.body_limit), a 4xx instead of a 500 for hostile
   JSON (vmkit.bad_input);
 - streams (SSE, NDJSON) that nginx passes on as they are written (vmkit.streams);
-- a record of the uvicorn Config it runs, so the probes report the parser in use (vmkit.runtime).
+- a record of the uvicorn Config it runs, so the probes report the parser in use (vmkit.loop_and_parser).
 """
 
 import sys
@@ -15,7 +15,7 @@ import sys
 from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
-from vmkit import bad_input, runtime
+from vmkit import bad_input, loop_and_parser
 from vmkit.access import AccessLog, RequestContext
 from vmkit.body_limit import BodyLimit
 from vmkit.draining import DrainingHttpToolsProtocol
@@ -29,7 +29,7 @@ class Worker(UvicornWorker):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        runtime.server_config = self.config
+        loop_and_parser.server_config = self.config
 
     def load_wsgi(self) -> None:
         try:

@@ -220,7 +220,7 @@ def test_a_fallback_runtime_is_reported_and_logged_as_an_error_in_production(tmp
             "loop": "asyncio", "http": "h11",
         }
         errors = [line for line in server.log_lines()
-                  if line["level"] == "error" and line["logger"] == "vmkit.runtime"]
+                  if line["level"] == "error" and line["logger"] == "vmkit.loop_and_parser"]
         assert {(line["loop"], line["http"]) for line in errors} == {("asyncio", "h11")}
     finally:
         server.stop()

@@ -9,7 +9,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from vmkit import runtime
+from vmkit import loop_and_parser
 
 
 class DrainingHttpTools(HttpToolsProtocol):
@@ -17,10 +17,10 @@ class DrainingHttpTools(HttpToolsProtocol):
 
 
 def test_parser_names_come_from_uvicorn_protocol_classes():
-    assert runtime.http_name(HttpToolsProtocol) == "httptools"
-    assert runtime.http_name(H11Protocol) == "h11"
-    assert runtime.http_name(DrainingHttpTools) == "httptools"
-    assert runtime.http_name(object) == runtime.UNKNOWN
+    assert loop_and_parser.http_name(HttpToolsProtocol) == "httptools"
+    assert loop_and_parser.http_name(H11Protocol) == "h11"
+    assert loop_and_parser.http_name(DrainingHttpTools) == "httptools"
+    assert loop_and_parser.http_name(object) == loop_and_parser.UNKNOWN
 
 
 async def _asgi_app(scope, receive, send):
@@ -31,27 +31,27 @@ async def _asgi_app(scope, receive, send):
 def test_parser_from_the_config_the_worker_runs(monkeypatch, http):
     config = Config(app=_asgi_app, http=http)
     config.load()
-    monkeypatch.setattr(runtime, "server_config", config)
-    assert runtime.current_http() == http
+    monkeypatch.setattr(loop_and_parser, "server_config", config)
+    assert loop_and_parser.current_http() == http
 
 
 def test_parser_is_unknown_under_another_server(monkeypatch):
-    monkeypatch.setattr(runtime, "server_config", None)
-    assert runtime.current_http() == runtime.UNKNOWN
+    monkeypatch.setattr(loop_and_parser, "server_config", None)
+    assert loop_and_parser.current_http() == loop_and_parser.UNKNOWN
 
 
 def test_loop_names():
     async def name() -> str:
-        return runtime.loop_name(asyncio.get_running_loop())
+        return loop_and_parser.loop_name(asyncio.get_running_loop())
 
     assert uvloop.run(name()) == "uvloop"
     assert asyncio.run(name()) == "asyncio"
 
 
 def test_fallback_is_an_error_in_production_only(caplog):
-    caplog.set_level(logging.INFO, logger="vmkit.runtime")
-    fallback = runtime.Runtime(loop="asyncio", http="h11", worker_id=0, pid=1)
-    runtime.report(fallback, production=True)
-    runtime.report(fallback, production=False)
-    runtime.report(runtime.Runtime("uvloop", "httptools", 0, 1), production=True)
+    caplog.set_level(logging.INFO, logger="vmkit.loop_and_parser")
+    fallback = loop_and_parser.Runtime(loop="asyncio", http="h11", worker_id=0, pid=1)
+    loop_and_parser.report(fallback, production=True)
+    loop_and_parser.report(fallback, production=False)
+    loop_and_parser.report(loop_and_parser.Runtime("uvloop", "httptools", 0, 1), production=True)
     assert [record.levelname for record in caplog.records] == ["ERROR", "WARNING", "INFO"]
