@@ -5,6 +5,7 @@ Importable from every test module: pytest puts this directory on sys.path for te
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +26,18 @@ EXAMPLE_APP = "app.main:app"
 EXAMPLE_JOBS = "app.jobs:jobs"
 
 T = TypeVar("T")
+
+
+# The tasks every playbook runs before it connects to a host (deploy/ansible/inventory-checks.yml).
+INVENTORY_CHECK_TASK = re.compile(r"shared : (Take the renamed variables under their old names|Warn about the old names"
+                                  r"|Validate the inventory)|\w+ : Check the \w+ variables")
+
+
+def stopped_by_the_checks(tasks: list[str]) -> bool:
+    """Whether a play that ran these tasks (in order) stopped in its inventory checks, before any
+    task that connects to a host."""
+    return (bool(tasks) and tasks[-1] == "shared : Validate the inventory"
+            and all(INVENTORY_CHECK_TASK.fullmatch(task) for task in tasks))
 
 
 def free_port() -> int:
