@@ -173,6 +173,16 @@ class ApiHost:
         assert value, f"{name} is not set in /etc/api/api.env"
         return value
 
+    def journal_cursor(self) -> str:
+        """Where the journal ends now: app_errors(since=) shows only what came after."""
+        return self.sh("journalctl -n 0 --show-cursor --no-pager").stdout.split("cursor: ")[1].strip()
+
+    def app_errors(self, since: str) -> str:
+        """The tracebacks and error records the services logged after the cursor `since`: why a
+        request failed, read when a test saw one fail."""
+        return self.sh(f"journalctl --after-cursor='{since}' -u 'api*' -o cat --no-pager "
+                       "| grep -E -A30 'Traceback|\"level\": ?\"(ERROR|error|CRITICAL|critical)' | tail -80 || true").stdout
+
     def redis(self, *args: str) -> str:
         """A redis-cli command on the host as the API's Redis user, with the password of api.env
         (never on a command line)."""

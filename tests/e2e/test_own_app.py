@@ -108,12 +108,13 @@ def orders_under_load(shop: ApiHost, operation) -> LoadResult:
     """Non-idempotent POSTs (each 201 adds one row) beside GETs of the probe while `operation`
     runs; then every 2xx must be a row, and nothing failed."""
     before = shop.get(f"/orders/{ORDERS}").json()["count"]
+    cursor = shop.journal_cursor()
     result, _ = run_under_load(Target(shop.address, shop.server_name, str(shop.ca)), operation,
                                path="/healthz", post_path=f"/orders/{ORDERS}", clients=LOAD_CLIENTS,
                                min_requests=3000)
     print(f"{result.total} requests ({result.posts_ok} POSTs answered 2xx), {len(result.failures)} failed, "
           f"versions {dict(result.versions)}")
-    assert result.failures == [], result.failures[:5]
+    assert result.failures == [], (result.failures[:5], shop.app_errors(since=cursor))
     assert result.total >= 3000
     assert shop.get(f"/orders/{ORDERS}").json()["count"] - before == result.posts_ok
     return result
