@@ -9,8 +9,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-# Every host of a rolling deploy runs the release hook at once: one of them migrates, the others
-# wait for it and then find nothing left to do. Any constant works; this one is "notesmig".
+# The deploy runs the hook on one host at a time, but a second run may start meanwhile (another
+# deploy, an operator's api-exec): it waits for the first, then finds nothing left to do. Any
+# constant works; this one spells "notesmig".
 MIGRATION_LOCK = 0x6E6F7465736D6967
 
 
