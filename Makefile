@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 # Debian packages the controller needs for the tests and the local test hosts.
-APT_PACKAGES := python3-venv redis-server nginx-light openssl curl debootstrap systemd-container nftables zstd openssh-client iproute2 pebble
+APT_PACKAGES := python3-venv redis-server postgresql nginx-light openssl curl debootstrap systemd-container nftables zstd openssh-client iproute2 pebble
 
 .PHONY: install system-deps lock run test
 

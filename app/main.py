@@ -3,11 +3,11 @@
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from vmkit import probes
+from vmkit import database, probes
 from vmkit.redis import install_unavailable_handler
 from vmkit.settings import get_settings as kit_settings
 
-from app import api, live, tasks
+from app import api, live, notes, tasks
 from app.settings import AppSettings, get_settings
 
 
@@ -25,7 +25,9 @@ def create_app(settings: AppSettings) -> FastAPI:
     app.include_router(api.router)
     app.include_router(live.router)
     app.include_router(tasks.router)
+    app.include_router(notes.router)
     install_unavailable_handler(app)
+    database.install(app)
 
     # Compression is nginx's (C, and only for bodies worth it): no GZipMiddleware wrapping every
     # response here.

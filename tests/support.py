@@ -1,4 +1,4 @@
-"""Real processes for the tests: redis-server, gunicorn, the scheduler daemon.
+"""Real processes for the tests: redis-server, PostgreSQL, gunicorn, the scheduler daemon.
 
 Importable from every test module: pytest puts this directory on sys.path for tests/conftest.py.
 """
@@ -11,10 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -128,6 +130,102 @@ class RedisServer:
             cli += ["-a", self.password]
         return subprocess.run(cli + list(args), capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()
+
+
+def postgres_bin_dir() -> Path:
+    """The newest PostgreSQL Debian's `postgresql` package installed (its binaries are not on PATH)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise AssertionError("no PostgreSQL server in /usr/lib/postgresql: `make system-deps` installs it")
+    return found[-1].parent
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster on a free 127.0.0.1 port, its data and unix socket in a
+    fresh /tmp/api-test-postgres-* directory; stop()/start() keep both, as a restart on a host
+    does. The app connects as `api` with a password; psql() is the superuser over the socket.
+
+    postgres refuses to run as root: as root, the cluster belongs to the `postgres` user."""
+
+    USER = "api"
+    # "%" and "@" must be quoted in the URL, and "%" must survive Alembic's configuration.
+    PASSWORD = "pg-s3cret%@pw"
+    DATABASE = "api"
+
+    def __init__(self) -> None:
+        self.bin = postgres_bin_dir()
+        self.directory = Path(tempfile.mkdtemp(prefix="api-test-postgres-"))
+        self.data = self.directory / "data"
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.owner = {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
+        if self.owner:
+            shutil.chown(self.directory, "postgres", "postgres")
+
+    @property
+    def url(self) -> str:
+        return (f"postgresql://{self.USER}:{quote(self.PASSWORD, safe='')}@127.0.0.1:{self.port}/"
+                f"{self.DATABASE}")
+
+    def create(self) -> "PostgresServer":
+        """initdb, start, and the app's role and database."""
+        self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
+                   "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8"])
+        self.start()
+        self.psql(f"CREATE ROLE {self.USER} LOGIN PASSWORD '{self.PASSWORD}'", database="postgres")
+        self.psql(f"CREATE DATABASE {self.DATABASE} OWNER {self.USER}", database="postgres")
+        return self
+
+    def start(self) -> "PostgresServer":
+        # fsync off: the tests restart the server cleanly, never the machine.
+        args = [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.directory}",
+                "-c", "fsync=off", "-c", "full_page_writes=off"]
+        self.proc = subprocess.Popen(
+            args, stdout=(self.directory / "postgres.log").open("ab"), stderr=subprocess.STDOUT,
+            start_new_session=True, **self.owner,
+        )
+        wait_until(self.ready, 30, f"PostgreSQL on port {self.port}", interval=0.1)
+        return self
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT): open sessions are ended, as on `systemctl stop`, rather than
+        waited for (pooled connections would hold a smart shutdown forever)."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
+                self.proc.wait(30)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"postgres exited with {self.proc.returncode}:\n{self.log()}")
+        return subprocess.run([str(self.bin / "pg_isready"), "-q", "-h", str(self.directory),
+                               "-p", str(self.port)], timeout=10).returncode == 0
+
+    def psql(self, sql: str, database: str = DATABASE) -> str:
+        """One statement as the superuser over the unix socket (a client independent of the code
+        under test); its rows, one a line, columns separated by |."""
+        return self._run([str(self.bin / "psql"), "-h", str(self.directory), "-p", str(self.port),
+                          "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-Atc", sql])
+
+    def log(self) -> str:
+        return (self.directory / "postgres.log").read_text(errors="replace")
+
+    def _run(self, args: list[str]) -> str:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=self.directory,
+                              **self.owner)
+        if done.returncode != 0:
+            raise AssertionError(f"{args[0]} failed ({done.returncode}): {done.stderr}")
+        return done.stdout.strip()
 
 
 def _read_some(sock: socket.socket, until: bytes) -> bytes:

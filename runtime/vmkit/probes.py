@@ -3,8 +3,8 @@
 - HEALTH_PATH (/health): 200 while the process serves, whatever Redis does; names the version,
   the worker id, the pid and the loop and parser in use.
 - READY_PATH (/ready): 200 when every dependency the deployment has answers: Redis when REDIS_URL
-  is set (and the cache Redis when REDIS_CACHE_URL is), a fresh scheduler heartbeat when
-  SCHEDULER_JOBS is set; 503 naming what failed.
+  is set (and the cache Redis when REDIS_CACHE_URL is), PostgreSQL (`SELECT 1`) when DATABASE_URL
+  is set, a fresh scheduler heartbeat when SCHEDULER_JOBS is set; 503 naming what failed.
   When both settings name one path, that path answers readiness.
 
 The deploy gate and nginx use the same two paths (from the same settings).
@@ -21,7 +21,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from redis.asyncio import Redis
 
-from vmkit import loop_and_parser
+from vmkit import database, loop_and_parser
 from vmkit.redis import RedisUnavailable, cache_client, client, close_client, redis_call
 from vmkit.scheduler import state as schedule_state
 from vmkit.settings import Settings, get_settings
@@ -70,6 +70,8 @@ async def ready() -> Response:
         checks["redis"] = await _redis_check(client(), settings)
     if settings.redis_cache_url:
         checks["redis_cache"] = await _redis_check(cache_client(), settings)
+    if settings.database_url:
+        checks["database"] = await _database_check()
     if settings.scheduler_jobs:
         # Without REDIS_URL the scheduler has no Redis either: not ready, rather than a 500.
         redis_ok = checks.get("redis", {}).get("ok", False)
@@ -86,6 +88,16 @@ async def _redis_check(redis: Redis, settings: Settings) -> dict:
         await redis_call(redis.ping(), settings)
     except RedisUnavailable as error:
         return {"ok": False, "error": f"redis unavailable ({error})"}
+    return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+
+async def _database_check() -> dict:
+    started = time.perf_counter()
+    try:
+        async with database.connection() as conn:
+            await conn.fetchval("SELECT 1")
+    except database.DatabaseUnavailable as error:
+        return {"ok": False, "error": f"database unavailable ({error})"}
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
 
 

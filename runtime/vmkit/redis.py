@@ -14,7 +14,6 @@ data Redis into `RedisFull`; `install_unavailable_handler(app)` answers them wit
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from functools import lru_cache
 from typing import TypeVar
@@ -24,10 +23,9 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import OutOfMemoryError, RedisError
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from vmkit.settings import Settings, get_settings
+from vmkit.unavailable import Unavailable, answer
 
 log = logging.getLogger("vmkit.redis")
 
@@ -39,16 +37,13 @@ HEALTH_CHECK_INTERVAL = 15
 # One quick retry rides over a Redis restart or failover blip; more would only lengthen the time
 # a request waits before it can answer 503.
 RETRIES = 1
-# An outage makes every request fail: one warning with the cause per interval is enough.
-WARNING_INTERVAL = 10.0
 
 
-class RedisUnavailable(Exception):
-    """Redis is down, too slow, or not configured: nothing was done. Carries no connection
-    details, which may hold credentials."""
+class RedisUnavailable(Unavailable):
+    """Redis is down, too slow, or not configured: nothing was done."""
 
-    status = 503
     detail = "redis unavailable"
+    log = log
 
 
 class RedisFull(RedisUnavailable):
@@ -123,19 +118,7 @@ async def redis_call(awaitable: Awaitable[T], settings: Settings | None = None) 
         raise RedisUnavailable(type(error).__name__) from error
 
 
-_last_warning = -WARNING_INTERVAL
-
-
-async def _answer(request: Request, error: RedisUnavailable) -> JSONResponse:
-    global _last_warning
-    now = time.monotonic()
-    if now - _last_warning >= WARNING_INTERVAL:
-        _last_warning = now
-        log.warning(error.detail, extra={"error": str(error.__cause__ or error)})
-    return JSONResponse({"detail": error.detail}, status_code=error.status)
-
-
 def install_unavailable_handler(app) -> None:
     """Requests that meet a Redis outage get 503, and writes to a full data Redis 507 (never 500,
     never a hung worker)."""
-    app.add_exception_handler(RedisUnavailable, _answer)
+    app.add_exception_handler(RedisUnavailable, answer)

@@ -90,6 +90,24 @@ class Settings(BaseSettings):
         description="seconds an `Idempotency-Key` and its stored response are kept (needs Redis)",
     )
 
+    # PostgreSQL
+    database_url: str = Field(
+        default="",
+        pattern=r"^(postgres(ql)?://.*)?$",
+        description="the PostgreSQL database, `postgresql://user:password@host:port/name`; "
+        "empty: no database, and the readiness probe does not ask for one",
+    )
+    database_pool_size: int = Field(
+        default=4, ge=1, le=1024, description="PostgreSQL connections per process at most"
+    )
+    database_timeout: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="seconds; connecting, waiting for a pooled connection and each command wait "
+        "no longer, so a dead database gives a quick 503",
+    )
+
     # Scheduler daemon
     scheduler_heartbeat_seconds: float = Field(
         default=5, gt=0, description="interval of the heartbeat the readiness probe reads"
@@ -184,7 +202,7 @@ def distribution_version(import_path: str) -> str:
 
 
 # Values that may carry credentials are never echoed back in an error message.
-_SECRET_FIELDS = {"redis_url", "redis_cache_url"}
+_SECRET_FIELDS = {"redis_url", "redis_cache_url", "database_url"}
 
 S = TypeVar("S", bound=BaseSettings)
 

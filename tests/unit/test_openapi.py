@@ -18,3 +18,11 @@ def test_redis_routes_list_503_cache_lookups_404_and_body_routes_400():
     assert {"400", "422"} <= listed["PUT /cache/{key}"] & listed["POST /counters/{name}"]
     assert "409" in listed["POST /counters/{name}"]
     assert listed["GET /health"] == {"200"}
+
+
+def test_database_routes_list_503_the_lookup_404_and_the_insert_201_400_422():
+    listed = statuses()
+    for route in ("POST /notes", "GET /notes/count", "GET /notes/{note_id}"):
+        assert "503" in listed[route], route
+    assert "404" in listed["GET /notes/{note_id}"]
+    assert {"201", "400", "422"} <= listed["POST /notes"]

@@ -25,6 +25,8 @@ def test_defaults_match_the_contract():
     assert settings.asgi_app == settings.scheduler_jobs == ""
     assert (settings.health_path, settings.ready_path) == ("/health", "/ready")
     assert settings.redis_url == ""  # no Redis unless the deployment has one
+    assert settings.database_url == ""  # no database either
+    assert (settings.database_pool_size, settings.database_timeout) == (4, 3.0)
     assert settings.api_bind == "unix:/run/api/api.sock"
     assert settings.api_graceful_timeout == 30
     assert settings.api_control_socket == ""
@@ -50,6 +52,9 @@ def test_environment_overrides(monkeypatch):
     monkeypatch.setenv("APP_VERSION", "1.2.3+abc")
     monkeypatch.setenv("ASGI_APP", "shop.web:api")
     monkeypatch.setenv("READY_PATH", "/status/ready")
+    monkeypatch.setenv("DATABASE_URL", "postgres://api:pw@db.example.test:5432/api")
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "10")
+    monkeypatch.setenv("DATABASE_TIMEOUT", "0.5")
     settings = kit_settings.get_settings()
     assert settings.api_env == "production"
     assert settings.api_workers == 7
@@ -57,6 +62,8 @@ def test_environment_overrides(monkeypatch):
     assert settings.api_max_body_bytes == 4096
     assert settings.app_version == "1.2.3+abc"
     assert (settings.asgi_app, settings.ready_path) == ("shop.web:api", "/status/ready")
+    assert settings.database_url == "postgres://api:pw@db.example.test:5432/api"
+    assert (settings.database_pool_size, settings.database_timeout) == (10, 0.5)
     assert kit_settings.get_settings() is settings
     example = app_settings.get_settings()
     assert example.cors_origins == ["https://a.example.test", "https://b.example.test"]
@@ -74,6 +81,9 @@ def test_environment_overrides(monkeypatch):
         ("ASGI_APP", "app.main"),
         ("SCHEDULER_JOBS", "app/jobs.py"),
         ("READY_PATH", "ready"),
+        ("DATABASE_POOL_SIZE", "0"),
+        ("DATABASE_TIMEOUT", "0"),
+        ("DATABASE_TIMEOUT", "61"),
     ],
 )
 def test_a_bad_value_exits_2_naming_the_variable(monkeypatch, capsys, name, value):
@@ -96,10 +106,14 @@ def test_the_idle_timeouts_must_be_ordered_for_the_drain(monkeypatch, capsys):
     assert "hunter2" not in err
 
 
-def test_a_bad_redis_url_is_reported_without_its_password(monkeypatch, capsys):
-    monkeypatch.setenv("REDIS_URL", "http://:hunter2@cache.example.test:6379/0")
+@pytest.mark.parametrize(("name", "value"), [
+    ("REDIS_URL", "http://:hunter2@cache.example.test:6379/0"),
+    ("DATABASE_URL", "mysql://api:hunter2@db.example.test:3306/api"),
+])
+def test_a_bad_url_is_reported_without_its_password(monkeypatch, capsys, name, value):
+    monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit):
         kit_settings.get_settings()
     err = capsys.readouterr().err
-    assert "invalid environment variable REDIS_URL=<hidden>" in err
+    assert f"invalid environment variable {name}=<hidden>" in err
     assert "hunter2" not in err
