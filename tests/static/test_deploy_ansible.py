@@ -299,6 +299,14 @@ def test_variables_renamed_in_this_release_still_work_with_a_warning(unreachable
     assert set(renamed.values()) <= defined and not set(renamed) & defined
 
 
+def test_the_old_credentials_dir_still_places_the_generated_passwords(unreachable_inventory, tmp_path):
+    """redis_credentials_dir became shared_credentials_dir (it holds the PostgreSQL password too)."""
+    result = playbook("-i", unreachable_inventory, "site.yml", "-e", json.dumps({"redis_credentials_dir": str(tmp_path / "old")}))
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "DEPRECATED: redis_credentials_dir is now shared_credentials_dir" in output
+    assert (tmp_path / "old" / "redis_password").is_file(), output
+
+
 def test_roles_reach_the_templates_only_through_their_templates_links():
     """deploy/systemd and deploy/nginx stay readable without Ansible; the api and nginx roles see
     them as their own templates/ (a relative symlink), and nothing climbs out of a role instead."""
