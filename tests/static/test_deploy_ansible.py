@@ -13,7 +13,7 @@ from deploy_static import ANSIBLE_DIR, DEPLOY, REPO, VENV_BIN, run
 
 from support import stopped_by_the_checks as stopped_in_checks
 
-PLAYBOOKS = ("site.yml", "deploy.yml", "rollback.yml")
+PLAYBOOKS = ("site.yml", "deploy.yml", "rollback.yml", "postgres-backup.yml", "postgres-restore.yml")
 INVENTORIES = ("production.example", "vagrant/hosts.ini")
 ROLES = sorted(p.name for p in (ANSIBLE_DIR / "roles").iterdir() if p.is_dir())
 
