@@ -308,11 +308,12 @@ def test_the_old_credentials_dir_still_places_the_generated_passwords(unreachabl
 
 
 def test_roles_reach_the_templates_only_through_their_templates_links():
-    """deploy/systemd and deploy/nginx stay readable without Ansible; the api and nginx roles see
+    """deploy/systemd, deploy/nginx and deploy/postgres stay readable without Ansible; their roles see
     them as their own templates/ (a relative symlink), and nothing climbs out of a role instead."""
     roles = ANSIBLE_DIR / "roles"
     assert (roles / "api" / "templates").readlink() == Path("../../../systemd")
     assert (roles / "nginx" / "templates").readlink() == Path("../../../nginx")
+    assert (roles / "postgres" / "templates").readlink() == Path("../../../postgres")
     assert (roles / "api" / "templates").resolve() == DEPLOY / "systemd"
     assert (roles / "nginx" / "templates").resolve() == DEPLOY / "nginx"
     reaches = subprocess.run(["git", "grep", "--untracked", "-n", "-F", "-e", "role_path }}/..", "--", "deploy"],
