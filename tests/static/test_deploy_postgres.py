@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy_static import POSTGRES_PASSWORD, REPO, env_file, peer_address, render, run, tool
-from test_deploy_ansible import playbook, stopped_by_the_checks, write_inventory
+from deploy_static import POSTGRES_PASSWORD, env_file, peer_address, render, run, tool
+from test_deploy_ansible import playbook, stopped_by_the_checks, unreachable_inventory  # noqa: F401 (a fixture)
 from test_deploy_host_config import nft_check
 
 DEBIAN_UNIT = Path("/lib/systemd/system/postgresql@.service")
@@ -138,12 +138,10 @@ def test_the_sandbox_of_postgresql_lowers_its_exposure(one_box, tmp_path):
 
 
 @pytest.fixture
-def postgres_inventory(tmp_path) -> Path:
-    """A one-box inventory with a postgres host nothing can connect to."""
-    return write_inventory(
-        tmp_path,
-        "[api]\nh1 ansible_host=127.0.0.1 ansible_port=1 ansible_user=deploy nginx_server_name=h1.static.test\n"
-        f"[scheduler]\nh1\n[redis]\nh1\n[postgres]\nh1\n[all:vars]\napi_project_dir={REPO}\n")
+def postgres_inventory(unreachable_inventory) -> Path:
+    """The one-box inventory nothing can connect to, its host in group postgres too."""
+    unreachable_inventory.write_text(unreachable_inventory.read_text().replace("[all:vars]", "[postgres]\nh1\n[all:vars]"))
+    return unreachable_inventory
 
 
 def test_max_connections_below_the_pools_stops_the_play_naming_the_variables(postgres_inventory):
