@@ -134,7 +134,7 @@ def test_the_sandbox_of_postgresql_lowers_its_exposure(one_box, tmp_path):
     unit.write_text(DEBIAN_UNIT.read_text().replace("[Install]", drop_in[drop_in.index("[Service]") + 10:] + "\n[Install]"))
     result = run(tool("systemd-analyze"), "security", "--offline=true", "--no-pager", unit)
     level = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout + result.stderr).group(1))
-    assert level <= 2.5, result.stdout
+    assert level <= 2.0, result.stdout
 
 
 @pytest.fixture
