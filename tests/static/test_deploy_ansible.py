@@ -13,7 +13,7 @@ from deploy_static import ANSIBLE_DIR, DEPLOY, REPO, VENV_BIN, run
 
 from support import stopped_by_the_checks as stopped_in_checks
 
-PLAYBOOKS = ("site.yml", "deploy.yml", "rollback.yml")
+PLAYBOOKS = ("site.yml", "deploy.yml", "rollback.yml", "postgres-backup.yml", "postgres-restore.yml")
 INVENTORIES = ("production.example", "vagrant/hosts.ini")
 ROLES = sorted(p.name for p in (ANSIBLE_DIR / "roles").iterdir() if p.is_dir())
 
@@ -299,12 +299,21 @@ def test_variables_renamed_in_this_release_still_work_with_a_warning(unreachable
     assert set(renamed.values()) <= defined and not set(renamed) & defined
 
 
+def test_the_old_credentials_dir_still_places_the_generated_passwords(unreachable_inventory, tmp_path):
+    """redis_credentials_dir became shared_credentials_dir (it holds the PostgreSQL password too)."""
+    result = playbook("-i", unreachable_inventory, "site.yml", "-e", json.dumps({"redis_credentials_dir": str(tmp_path / "old")}))
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "DEPRECATED: redis_credentials_dir is now shared_credentials_dir" in output
+    assert (tmp_path / "old" / "redis_password").is_file(), output
+
+
 def test_roles_reach_the_templates_only_through_their_templates_links():
-    """deploy/systemd and deploy/nginx stay readable without Ansible; the api and nginx roles see
+    """deploy/systemd, deploy/nginx and deploy/postgres stay readable without Ansible; their roles see
     them as their own templates/ (a relative symlink), and nothing climbs out of a role instead."""
     roles = ANSIBLE_DIR / "roles"
     assert (roles / "api" / "templates").readlink() == Path("../../../systemd")
     assert (roles / "nginx" / "templates").readlink() == Path("../../../nginx")
+    assert (roles / "postgres" / "templates").readlink() == Path("../../../postgres")
     assert (roles / "api" / "templates").resolve() == DEPLOY / "systemd"
     assert (roles / "nginx" / "templates").resolve() == DEPLOY / "nginx"
     reaches = subprocess.run(["git", "grep", "--untracked", "-n", "-F", "-e", "role_path }}/..", "--", "deploy"],
