@@ -33,7 +33,11 @@ OUT = REPO / "bench" / "out"
 HOST_DIR = "/var/tmp/bench"
 MEASURE = ["sudo", "-n", "python3", f"{HOST_DIR}/measure.py"]
 ROUTE_LABELS = {"health": "/health", "small_json": "GET /cache/bench (small JSON, Redis)",
-                "post": "POST /counters/bench (Redis)", "large_500kb": "/large-response 500 KB"}
+                "post": "POST /counters/bench (Redis)", "large_500kb": "/large-response 500 KB",
+                "db_read": "GET /notes/count (PostgreSQL)"}
+# Every server of the table, and each pool size measured, holds its own pools at once: more
+# connections than the deployed services alone, which max_connections is derived from, need.
+BENCH_VARS = {"postgres_max_connections": 300}
 # Targets of the kit on a 2-core machine (see docs/performance.md).
 TARGETS = {"a/c": 2.0, "a/b": 0.80, "b/g": 0.90, "large a/c": 4.0, "large bytes c/a": 8.0}
 
@@ -96,6 +100,9 @@ def provision_and_measure(args, host: ApiHost) -> dict:
     log(f"throughput: {args.rounds} rounds of {args.seconds:.0f} s per cell")
     table = measure(host, "peers", "--server-name", host.server_name, "--workers", str(len(workers)),
                     "--seconds", str(args.seconds), "--rounds", str(args.rounds))
+    log("database pool sizes")
+    pools = measure(host, "pools", "--server-name", host.server_name, "--seconds", str(args.seconds),
+                    "--rounds", str(args.rounds))
     log("streams: time to first event, idle streams held")
     streams = measure(host, "streams", "--server-name", host.server_name, "--workers", str(len(workers)),
                       "--connections", str(args.streams))
@@ -119,6 +126,7 @@ def provision_and_measure(args, host: ApiHost) -> dict:
         **table,
         "disruptions": disruptions,
         "streams": streams,
+        "pools": pools,
         "memory_idle_mib": idle,
     }
 
@@ -137,6 +145,7 @@ def ratios(result: dict) -> dict[str, float]:
 
     found = {f"a/{other}": rps("a") / rps(other) for other in ("c", "b", "e1", "e2", "f")}
     found["b/g"] = rps("b") / rps("g")
+    found["db a/b"] = rps("a", "db_read") / rps("b", "db_read")
     found["large a/c"] = rps("a", "large_500kb_gzip") / rps("c", "large_500kb")
     found["large bytes c/a"] = (cell(result, "c", "large_500kb")["bytes_per_request"]
                                 / cell(result, "a", "large_500kb_gzip")["bytes_per_request"])
@@ -176,6 +185,12 @@ def markdown(result: dict) -> str:
               f"{idle['kib_per_stream']['nginx']} | |"]
     if idle["first_failure"]:
         lines.append(f"| first stream refused | {idle['first_failure']} | |")
+    pools = result["pools"]
+    lines += ["", "| DATABASE_POOL_SIZE (GET /notes/count, gunicorn direct) | "
+              + " | ".join(pools["rps"]) + " |", "| --- |" + " ---: |" * len(pools["rps"]),
+              "| req/s | " + " | ".join(f"{rate:,}" for rate in pools["rps"].values()) + " |",
+              "", f"Pool size to use (the smallest within {1 - pools['within']:.0%} of the best): **{pools['recommended']}** "
+              "per worker (api_database_pool_size).", ""]
     lines += ["", "| provisioning | seconds |", "| --- | ---: |"]
     lines += [f"| {name} | {value} |" for name, value in result["provisioning_seconds"].items()]
     lines.append(f"| (site.yml again: changed={result['site_yml_again_changed']}) | |")
@@ -227,7 +242,7 @@ def main() -> None:
     hosts.down()
     hosts.up()
     control_dir = Path(tempfile.mkdtemp(prefix="bench-ssh-"))
-    host = ApiHost.from_inventory(hosts.inventory, control_dir)
+    host = ApiHost.from_inventory(hosts.inventory, control_dir, extra_vars=BENCH_VARS)
     try:
         result = provision_and_measure(args, host)
     finally:

@@ -5,6 +5,7 @@ python3 and nothing else from the kit. bench/run.py copies this directory to the
   measure.py load --stop-file F             load until F exists: failed requests, worst latency
   measure.py memory                         RSS of the stack's processes, idle
   measure.py streams --connections N        SSE: time to first event, idle streams held
+  measure.py pools --sizes 1,2,4,8          the database route per pool size: the size to use
 
 Every server is measured on this host, on loopback, with the deployed release's own venv and
 settings (/etc/api/api.env): the kit's stack through nginx differs from its peers only in what
@@ -38,6 +39,7 @@ CEILING_CONF = Path("/etc/nginx/conf.d/bench-ceiling.conf")
 CEILING_PORT = 8443
 CONNECTIONS = 64
 THREADS = 2
+BENCH_TAG = "bench"
 
 # What each route is, on every server: (method, path, extra request headers).
 ROUTES = {
@@ -45,7 +47,11 @@ ROUTES = {
     "small_json": ("GET", "/cache/bench", {}),
     "post": ("POST", "/counters/bench", {}),
     "large_500kb": ("GET", "/large-response?kb=500", {"Accept-Encoding": "identity"}),
+    # One indexed query in PostgreSQL per request, through the kit's pool.
+    "db_read": ("GET", f"/notes/count?tag={BENCH_TAG}", {}),
 }
+# A size whose rate is within this share of the best one's is as good: the smallest such is advised.
+POOL_WITHIN = 0.95
 GZIP = {"Accept-Encoding": "gzip"}
 
 
@@ -89,24 +95,30 @@ class Server:
                 self.proc.wait()
 
 
+def server_env() -> dict[str, str]:
+    """The deployed services' settings, with the release's venv first on PATH."""
+    return {**api_env(), "PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": "/root"}
+
+
+def kit_server(key: str, label: str, app: str, **extra_env: str) -> Server:
+    """gunicorn with the release's gunicorn.conf.py (the kit's worker) on a TCP port."""
+    port = free_port()
+    command = [str(VENV_BIN / "gunicorn"), "--config", str(RELEASE / "gunicorn.conf.py")]
+    return Server(key, label, f"http://127.0.0.1:{port}", command,
+                  {**server_env(), "ASGI_APP": app, "API_BIND": f"127.0.0.1:{port}", "API_MAX_REQUESTS": "0",
+                   "PYTHONPATH": str(HERE), **extra_env})
+
+
 def servers(server_name: str, workers: str) -> list[Server]:
     """The deployed stack (a), its app under gunicorn directly (b), the naive install (c), uvicorn
     with uvloop + httptools (d), the peers with the same worker count (e), nginx alone (f), a
     minimal FastAPI app under (b)'s server (g), and (b) with the app's own gzip for the gzip row."""
-    env = {**api_env(), "PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": "/root"}
+    env = server_env()
     asgi_app = env["ASGI_APP"]
     nginx_conf = Path("/etc/nginx/nginx.conf").read_text()
 
     def local(key: str, label: str, port: int, command: list[str], server_env: dict) -> Server:
         return Server(key, label, f"http://127.0.0.1:{port}", command, server_env)
-
-    def kit_gunicorn(key: str, label: str, app: str, **extra_env: str) -> Server:
-        """gunicorn with the release's gunicorn.conf.py (the kit's worker) on a TCP port."""
-        port = free_port()
-        command = [str(VENV_BIN / "gunicorn"), "--config", str(RELEASE / "gunicorn.conf.py")]
-        return local(key, label, port, command,
-                     {**env, "ASGI_APP": app, "API_BIND": f"127.0.0.1:{port}", "API_MAX_REQUESTS": "0",
-                      "PYTHONPATH": str(HERE), **extra_env})
 
     c_port, d_port, e1_port, e2_port = (free_port() for _ in range(4))
     uvicorn = [str(VENV_BIN / "uvicorn"), asgi_app, "--host", "127.0.0.1"]
@@ -114,7 +126,7 @@ def servers(server_name: str, workers: str) -> list[Server]:
     return [
         Server("a", "kit stack: nginx TLS -> socket -> gunicorn + kit worker",
                f"https://{server_name}"),
-        kit_gunicorn("b", f"same app, gunicorn -w{workers} + kit worker, TCP", asgi_app),
+        kit_server("b", f"same app, gunicorn -w{workers} + kit worker, TCP", asgi_app),
         local("c", "naive: uvicorn, asyncio + h11, 1 process", c_port,
               [*uvicorn, "--port", str(c_port), "--loop", "asyncio", "--http", "h11"], env),
         local("d", "uvicorn, uvloop + httptools, 1 process", d_port,
@@ -128,9 +140,9 @@ def servers(server_name: str, workers: str) -> list[Server]:
                asgi_app], env),
         Server("f", "nginx alone, return 200, same TLS (ceiling)",
                f"https://{server_name}:{CEILING_PORT}"),
-        kit_gunicorn("g", f"minimal FastAPI app, gunicorn -w{workers} + kit worker", "minimal_app:app"),
+        kit_server("g", f"minimal FastAPI app, gunicorn -w{workers} + kit worker", "minimal_app:app"),
         # The app compresses like the deployed nginx does: same level, same threshold.
-        kit_gunicorn("z", f"same app + GZipMiddleware, gunicorn -w{workers} + kit worker", "app_gzip:app",
+        kit_server("z", f"same app + GZipMiddleware, gunicorn -w{workers} + kit worker", "app_gzip:app",
                      BENCH_APP=asgi_app,
                      BENCH_GZIP_LEVEL=nginx_directive(nginx_conf, "gzip_comp_level"),
                      BENCH_GZIP_MIN_LENGTH=nginx_directive(nginx_conf, "gzip_min_length")),
@@ -268,6 +280,9 @@ def prepare(server_name: str) -> None:
     subprocess.run(["curl", "-skf", "-X", "PUT", "-H", "Content-Type: application/json",
                     "--data", '{"value": "a small JSON document", "ttl": 3600}',
                     f"https://{server_name}/cache/bench"], check=True, capture_output=True)
+    subprocess.run(["curl", "-skf", "-X", "POST", "-H", "Content-Type: application/json",
+                    "--data", json.dumps({"text": "a row to count", "tag": BENCH_TAG}),
+                    f"https://{server_name}/notes"], check=True, capture_output=True)
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -328,6 +343,38 @@ def peers(args) -> dict:
                   for (key, route, protocol), runs in results.items() if runs],
         "memory_under_load_mib": memory_under_load,
     }
+
+
+# ------------------------------------------------------------------ database pool
+
+
+def pools(args) -> dict:
+    """The database route on the app under gunicorn directly, once per DATABASE_POOL_SIZE, in
+    alternating rounds: requests per second for each size, and the smallest size within
+    POOL_WITHIN of the best, the one to set (api_database_pool_size)."""
+    prepare(args.server_name)
+    logdir = Path(tempfile.mkdtemp(prefix="bench-pools-"))
+    sizes = [int(size) for size in args.sizes.split(",")]
+    by_size = {size: kit_server(f"pool{size}", f"DATABASE_POOL_SIZE={size}", api_env()["ASGI_APP"],
+                                DATABASE_POOL_SIZE=str(size)) for size in sizes}
+    rates: dict[int, list[float]] = {size: [] for size in sizes}
+    method, path, _ = ROUTES["db_read"]
+    try:
+        for server in by_size.values():
+            server.start(logdir)
+            wait_ready(server)
+        for round_number in range(args.rounds):
+            for size in sizes if round_number % 2 == 0 else reversed(sizes):
+                rates[size].append(wrk(by_size[size].url + path, method, {}, args.seconds)["rps"])
+                print(f"round {round_number + 1} pool {size:>2} {rates[size][-1]:9.0f} req/s",
+                      file=sys.stderr, flush=True)
+    finally:
+        for server in by_size.values():
+            server.stop()
+    rps = {size: statistics.median(runs) for size, runs in rates.items()}
+    best = max(rps.values())
+    return {"rps": {str(size): round(rate) for size, rate in rps.items()}, "within": POOL_WITHIN,
+            "recommended": min(size for size, rate in rps.items() if rate >= POOL_WITHIN * best)}
 
 
 # ------------------------------------------------------------------ streams
@@ -449,9 +496,16 @@ def main() -> None:
     p_streams.add_argument("--server-name", required=True)
     p_streams.add_argument("--workers", required=True)
     p_streams.add_argument("--connections", type=int, default=4000)
+    p_pools = sub.add_parser("pools")
+    p_pools.add_argument("--server-name", required=True)
+    p_pools.add_argument("--sizes", default="1,2,4,8,16")
+    p_pools.add_argument("--seconds", type=float, default=5)
+    p_pools.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.command == "peers":
         result = peers(args)
+    elif args.command == "pools":
+        result = pools(args)
     elif args.command == "streams":
         result = streams(args)
     elif args.command == "load":

@@ -71,8 +71,9 @@ async def _get(client: httpx.AsyncClient, target: Target, path: str, result: Loa
         result.fail(f"GET {response.status_code}: {response.text[:200]}")
 
 
-async def _post(client: httpx.AsyncClient, target: Target, post_path: str, result: LoadResult) -> None:
-    response = await client.post(post_path, extensions=target.extensions())
+async def _post(client: httpx.AsyncClient, target: Target, post_path: str, post_json: dict | None,
+                result: LoadResult) -> None:
+    response = await client.post(post_path, json=post_json, extensions=target.extensions())
     if response.is_success:
         result.ok += 1
         result.posts_ok += 1
@@ -80,8 +81,8 @@ async def _post(client: httpx.AsyncClient, target: Target, post_path: str, resul
         result.fail(f"POST {response.status_code}: {response.text[:200]}")
 
 
-async def _client_loop(target: Target, path: str, post_path: str | None, retry_closed: bool,
-                       stop: asyncio.Event, result: LoadResult) -> None:
+async def _client_loop(target: Target, path: str, post_path: str | None, post_json: dict | None,
+                       retry_closed: bool, stop: asyncio.Event, result: LoadResult) -> None:
     """Keep-alive requests until stopped: GET path, alternating with a POST to post_path."""
     sent = 0
     async with target.client() as client:
@@ -89,7 +90,7 @@ async def _client_loop(target: Target, path: str, post_path: str | None, retry_c
             sent += 1
             try:
                 if post_path and sent % 2 == 0:
-                    await _post(client, target, post_path, result)
+                    await _post(client, target, post_path, post_json, result)
                 else:
                     await _get(client, target, path, result, retry_closed)
             except (httpx.HTTPError, ValueError) as error:
@@ -103,6 +104,7 @@ def run_under_load(
     path: str = "/health",
     counter: str | None = None,
     post_path: str | None = None,
+    post_json: dict | None = None,
     clients: int = 16,
     min_requests: int = 3000,
     max_seconds: float = 300.0,
@@ -112,7 +114,7 @@ def run_under_load(
     until the operation returned and at least `min_requests` were answered; return both results.
     With `post_path` (or `counter`, for the example app's POST /counters/<counter>), every other
     request is a POST there, which is not idempotent: each 2xx answer must have done its work
-    exactly once. GETs of `path` must answer 200 with {"status": "ok", "version": ...}. With
+    exactly once; `post_json` is its JSON body. GETs of `path` must answer 200 with {"status": "ok", "version": ...}. With
     `retry_closed`, a GET whose kept-alive connection the server closed unanswered is sent once
     more, as HTTP allows (counted in `retried`)."""
     result = LoadResult()
@@ -121,7 +123,7 @@ def run_under_load(
 
     async def drive() -> None:
         posts = post_path or (f"/counters/{counter}" if counter else None)
-        await asyncio.gather(*(_client_loop(target, path, posts, retry_closed, stop, result)
+        await asyncio.gather(*(_client_loop(target, path, posts, post_json, retry_closed, stop, result)
                                for _ in range(clients)))
 
     thread = threading.Thread(target=loop.run_until_complete, args=(drive(),), daemon=True)

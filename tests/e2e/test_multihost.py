@@ -107,11 +107,13 @@ def write_inventory(hosts: TestHosts) -> Path:
                                        "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
             "nginx_server_name": SERVER_NAME,
             "api_project_dir": str(REPO),
+            "api_release_hooks": ["python -m app.migrate"],
         },
         "children": {
             "lb": {"hosts": {LB: None}},
             "api": {"hosts": dict.fromkeys(WEB)},
             "redis": {"hosts": {REDIS: None}},
+            "postgres": {"hosts": {REDIS: None}},
             "scheduler": {"hosts": dict.fromkeys(SCHEDULERS)},
         },
     }}
@@ -152,25 +154,31 @@ def cluster(testhost_available) -> Iterator[Cluster]:
 @dataclass
 class LoadRun:
     result: LoadResult
-    counter: str
+    name: str  # the counter, or the notes' tag, the POSTs wrote to
+    notes: bool
     started: float  # time.monotonic() when the load began
 
 
-def under_load(cluster: Cluster, operation, min_requests: int = LOAD_REQUESTS) -> tuple[LoadRun, object]:
-    """Keep-alive load through the lb: GET /health and POST /counters/<fresh name>, every response
-    checked."""
-    counter = f"multi-{uuid.uuid4().hex[:12]}"
+def under_load(cluster: Cluster, operation, min_requests: int = LOAD_REQUESTS,
+               notes: bool = False) -> tuple[LoadRun, object]:
+    """Keep-alive load through the lb: GET /health and POST /counters/<fresh name> (in Redis) or,
+    with `notes`, POST /notes with a fresh tag (a row in PostgreSQL each); every response checked."""
+    name = f"multi-{uuid.uuid4().hex[:12]}"
+    posts = {"post_path": "/notes", "post_json": {"text": "rolling", "tag": name}} if notes else {"counter": name}
     started = time.monotonic()
-    result, outcome = run_under_load(cluster.target(), operation, counter=counter, clients=LOAD_CLIENTS,
-                                     min_requests=min_requests)
+    result, outcome = run_under_load(cluster.target(), operation, clients=LOAD_CLIENTS,
+                                     min_requests=min_requests, **posts)
     print(f"load through the lb: {result.total} requests ({result.posts_ok} POSTs answered 2xx) by "
           f"{LOAD_CLIENTS} clients in {time.monotonic() - started:.0f} s, {len(result.failures)} failed, "
           f"versions {dict(result.versions)}")
-    return LoadRun(result, counter, started), outcome
+    return LoadRun(result, name, notes, started), outcome
 
 
 def counted_posts(cluster: Cluster, run: LoadRun) -> int:
-    return int(cluster.redis_host.redis("GET", f"api:counters:{run.counter}") or 0)
+    if run.notes:
+        with cluster.client() as client:
+            return client.get(f"/notes/count?tag={run.name}", extensions={"sni_hostname": SERVER_NAME}).json()["count"]
+    return int(cluster.redis_host.redis("GET", f"api:counters:{run.name}") or 0)
 
 
 def assert_no_failures(cluster: Cluster, run: LoadRun) -> None:
@@ -179,7 +187,7 @@ def assert_no_failures(cluster: Cluster, run: LoadRun) -> None:
     assert result.failures == [], (f"{len(result.failures)} of {result.total} requests failed "
                                    f"({dict(kinds)}); first: {result.failures[:5]}")
     assert result.total >= LOAD_REQUESTS
-    # Nothing lost, nothing run twice: every 2xx POST incremented the counter exactly once.
+    # Nothing lost, nothing run twice: every 2xx POST incremented the counter (or inserted a row) exactly once.
     assert counted_posts(cluster, run) == result.posts_ok
 
 
@@ -257,6 +265,17 @@ def test_redis_is_reachable_from_web_and_scheduler_hosts_only(cluster):
                                            "cat >&3; head -n 1 <&3'")
 
 
+def test_postgresql_is_reachable_from_web_and_scheduler_hosts_only(cluster):
+    database = address(REDIS)
+    reach = {name: port_open(cluster, name, database, 5432) for name in (*WEB, SCHEDULERS[1], LB)}
+    reach["controller"] = port_open(cluster, "controller", database, 5432)
+    print(f"TCP to PostgreSQL at {database}:5432: {reach}")
+    assert reach == {**dict.fromkeys((*WEB, SCHEDULERS[1]), True), LB: False, "controller": False}
+    with cluster.client() as client:
+        ready = client.get("/ready", extensions={"sni_hostname": SERVER_NAME})
+    assert ready.status_code == 200 and ready.json()["checks"]["database"]["ok"], ready.text
+
+
 def test_web_hosts_take_https_from_the_lb_only(cluster):
     for name in WEB:
         assert not port_open(cluster, "controller", address(name), 443)
@@ -272,7 +291,9 @@ def test_web_hosts_take_https_from_the_lb_only(cluster):
 def test_rolling_deploy_under_load_fails_no_request(cluster):
     version = f"{cluster.first_version}-multi"
     before = {name: cluster.release(name) for name in (*WEB, *SCHEDULERS)}
-    load, run = under_load(cluster, lambda: cluster.playbook("deploy.yml", "-e", f"api_version={version}"))
+    # The POSTs insert rows in PostgreSQL while each batch runs the migration hook and switches.
+    load, run = under_load(cluster, lambda: cluster.playbook("deploy.yml", "-e", f"api_version={version}"),
+                           notes=True)
     batches = run.output.count("PLAY [Switch the hosts to the release, batch by batch]")
     print(f"deploy.yml over {len(before)} hosts, one per batch: {run.seconds:.0f} s, {batches} batches")
     assert run.returncode == 0, str(run)

@@ -355,9 +355,10 @@ def test_an_abusive_client_within_its_limits_leaves_the_others_fast(site, provis
 
 
 def test_only_ssh_http_https_are_reachable(site):
-    """Every TCP port the host listens on (any address), and Redis's, tried from the controller."""
+    """Every TCP port the host listens on (any address), and Redis's and PostgreSQL's, tried from
+    the controller."""
     listening = site.sh("ss -Htln | awk '{print $4}'").stdout.split()
-    ports = {int(address.rsplit(":", 1)[1]) for address in listening} | {6379}
+    ports = {int(address.rsplit(":", 1)[1]) for address in listening} | {6379, 5432}
 
     def reachable(port: int) -> bool:
         try:

@@ -11,6 +11,8 @@ from testhost_lib.rootfs import USER
 
 # The example app's background process, as its inventory declares it.
 EXAMPLE_PROCESSES = {"consumer": "python -m app.consumer"}
+# The example app's release hook: its Alembic migrations (a list, so on the host lines of an INI inventory).
+EXAMPLE_HOOKS = ["python -m app.migrate"]
 
 
 @dataclass
@@ -102,15 +104,15 @@ class Site:
         names = "\n".join(h.name for h in running)
         self.inventory.write_text(
             "# Written by tools/testhost for the hosts running under this directory.\n"
-            "# The first host also runs Redis.\n[api]\n"
+            "# The first host also runs Redis and PostgreSQL.\n[api]\n"
             + "".join(f"{h.name} ansible_host={h.address} ansible_user={USER} "
                       f"ansible_ssh_private_key_file={self.key} nginx_server_name={h.name}.test "
-                      f"api_processes=\"{EXAMPLE_PROCESSES!r}\"\n"
+                      f"api_processes=\"{EXAMPLE_PROCESSES!r}\" api_release_hooks=\"{EXAMPLE_HOOKS!r}\"\n"
                       for h in running)
-            + f"\n[scheduler]\n{names}\n\n[redis]\n{running[0].name}\n\n[all:vars]\n"
+            + f"\n[scheduler]\n{names}\n\n[redis]\n{running[0].name}\n\n[postgres]\n{running[0].name}\n\n[all:vars]\n"
             "ansible_python_interpreter=/usr/bin/python3\n"
             "# Test hosts serve the kit's example app (a real inventory must name its project),\n"
-            "# with its background process (api_processes, above).\n"
+            "# with its background process and its migrations (api_processes, api_release_hooks, above).\n"
             f"api_project_dir={PROJECT}\n"
             f"ansible_ssh_common_args='-o UserKnownHostsFile={self.known_hosts} "
             "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes'\n")
