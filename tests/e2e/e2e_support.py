@@ -224,25 +224,44 @@ def target(site: ApiHost) -> Target:
 @dataclass
 class LoadRun:
     result: LoadResult
-    counter: str  # the counter this run's POSTs incremented
+    name: str  # the counter this run's POSTs incremented, or the tag of the notes they inserted
+    notes: bool
+
+    @property
+    def logged_as(self) -> str:
+        """What each of this run's POSTs shows in nginx's access log."""
+        return f"/notes?run={self.name}" if self.notes else f"/counters/{self.name}"
+
+    def rows(self, site: ApiHost) -> int:
+        """What the POSTs left: the counter's value, or the number of notes with the run's tag."""
+        if self.notes:
+            return site.get(f"/notes/count?tag={self.name}").json()["count"]
+        return int(site.redis("GET", f"api:counters:{self.name}") or 0)
 
 
-def under_load(site: ApiHost, operation, **options) -> tuple[LoadRun, object]:
-    """Mixed keep-alive load through nginx/TLS: GET /health and POST /counters/<fresh name>."""
-    counter = f"e2e-{uuid.uuid4().hex[:12]}"
-    result, outcome = run_under_load(target(site), operation, counter=counter, clients=LOAD_CLIENTS,
-                                     min_requests=LOAD_REQUESTS, **options)
+def under_load(site: ApiHost, operation, notes: bool = False, **options) -> tuple[LoadRun, object]:
+    """Mixed keep-alive load through nginx/TLS: GET /health and POST /counters/<fresh name> (Redis)
+    or, with `notes`, POST /notes (a row in PostgreSQL each, tagged with the fresh name, which the
+    query string repeats for nginx's log)."""
+    name = f"e2e-{uuid.uuid4().hex[:12]}"
+    run = LoadRun(LoadResult(), name, notes)
+    posts = ({"post_path": run.logged_as, "post_json": {"text": "under load", "tag": name}} if notes
+             else {"counter": name})
+    result, outcome = run_under_load(target(site), operation, clients=LOAD_CLIENTS,
+                                     min_requests=LOAD_REQUESTS, **posts, **options)
     print(f"load: {result.total} requests ({result.posts_ok} POSTs answered 2xx) by {LOAD_CLIENTS} "
           f"clients, {len(result.failures)} failed, versions {dict(result.versions)}")
-    return LoadRun(result, counter), outcome
+    run.result = result
+    return run, outcome
 
 
-def retried_posts(site: ApiHost, counter: str, answered: int) -> list[dict]:
-    """nginx access log lines of POSTs to the counter that nginx sent upstream more than once,
-    once nginx's buffered log holds a line for each of the `answered` POSTs."""
+def retried_posts(site: ApiHost, run: LoadRun) -> list[dict]:
+    """nginx access log lines of the run's POSTs that nginx sent upstream more than once, once
+    nginx's buffered log holds a line for each POST answered 2xx."""
+    answered = run.result.posts_ok
 
     def logged() -> list[dict]:
-        found = site.log_records("/var/log/nginx/api.access.log", f"/counters/{counter}")
+        found = site.log_records("/var/log/nginx/api.access.log", run.logged_as)
         return found if len(found) >= answered else []
 
     records = wait_until(logged, 10, f"nginx's access lines of {answered} POSTs") if answered else []
@@ -255,9 +274,9 @@ def assert_no_failures(site: ApiHost, run: LoadRun) -> None:
     kinds = Counter(failure.split(":", 1)[0] for failure in result.failures)
     assert result.failures == [], (f"{len(result.failures)} of {result.total} requests failed "
                                    f"({dict(kinds)}); first: {result.failures[:5]}")
-    # Nothing lost, nothing twice: every 2xx POST incremented the counter exactly once.
-    assert int(site.redis("GET", f"api:counters:{run.counter}")) == result.posts_ok
-    assert retried_posts(site, run.counter, result.posts_ok) == []
+    # Nothing lost, nothing twice: every 2xx POST incremented the counter (or inserted its row) once.
+    assert run.rows(site) == result.posts_ok
+    assert retried_posts(site, run) == []
 
 
 def workers(site: ApiHost) -> tuple[int, set[int]]:

@@ -1,7 +1,7 @@
 """PostgreSQL on the session's host (issue #21): reached by the app alone, every inserted row kept
-through restarts and a deploy (clear 503s only while the database itself restarts), an inventory
-whose pools do not fit refused before any host is touched, and a point-in-time recovery that brings
-back exactly the rows written before a named time."""
+through a restart of the database (clear 503s only meanwhile; restarts of the app and deploys are
+test_site_zero_downtime's), an inventory whose pools do not fit refused before any host is
+touched, and a point-in-time recovery that brings back exactly the rows written before a time."""
 
 import json
 import secrets
@@ -10,14 +10,10 @@ import time
 
 import pytest
 from api_host import ApiHost
-from e2e_support import target
-from load import LoadResult, run_under_load
+from e2e_support import under_load
 from support import stopped_by_the_checks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(900)]
-
-LOAD_CLIENTS = 16
-LOAD_REQUESTS = 3000
 
 
 def psql(site: ApiHost, sql: str) -> str:
@@ -37,23 +33,6 @@ def post_note(site: ApiHost, tag: str) -> int:
     return response.json()["id"]
 
 
-def notes_under_load(site: ApiHost, operation, tag: str) -> LoadResult:
-    """16 clients: GET /health beside POST /notes (each 201 inserts one row) while `operation`
-    runs; then every 2xx must be a row. Returns the result for the caller to judge its failures."""
-    before = count(site, tag)
-    cursor = site.journal_cursor()
-    result, _ = run_under_load(target(site), operation, post_path="/notes",
-                               post_json={"text": "under load", "tag": tag},
-                               clients=LOAD_CLIENTS, min_requests=LOAD_REQUESTS)
-    unavailable = [f for f in result.failures if f.startswith("POST 503")]
-    print(f"{result.total} requests ({result.posts_ok} POSTs answered 201), {len(result.failures)} failed "
-          f"({len(unavailable)} of them 503 'database unavailable')")
-    assert count(site, tag) - before == result.posts_ok
-    if len(unavailable) != len(result.failures):
-        pytest.fail(f"{result.failures[:5]}\n{site.app_errors(since=cursor)}")
-    return result
-
-
 def test_the_database_listens_privately_and_asks_every_client_for_a_password(site):
     listening = site.sh("ss -Htln 'sport = :5432' | awk '{print $4}'").stdout.split()
     assert listening and all(a.startswith("127.0.0.1:") for a in listening), listening
@@ -70,23 +49,18 @@ def test_the_database_listens_privately_and_asks_every_client_for_a_password(sit
     print(f"systemd-analyze security postgresql@15-main: {exposure}")
 
 
-def test_inserts_through_a_restart_of_the_api_are_all_kept(site):
-    result = notes_under_load(site, lambda: site.sh("systemctl restart api"), "restart-api")
-    assert result.failures == []
-
-
-def test_inserts_through_a_deploy_with_its_migration_hook_are_all_kept(site):
-    version = site.health()["version"]
-    result = notes_under_load(site, lambda: site.playbook("deploy.yml", "-e", f"api_version={version}-pg"),
-                              "deploy")
-    assert result.failures == []
-    assert site.health()["version"] == f"{version}-pg"
-
-
 def test_a_restart_of_postgresql_answers_clear_503s_and_the_app_recovers_by_itself(site):
-    result = notes_under_load(site, lambda: site.sh("systemctl restart postgresql"), "restart-pg")
-    # Only POSTs may fail, with the kit's JSON body, and the app is back without a restart of its own.
-    assert all(json.loads(f.split(": ", 1)[1])["detail"] == "database unavailable" for f in result.failures)
+    """Rows through `systemctl restart api` and a deploy are test_site_zero_downtime's; here the
+    database itself restarts under the same load."""
+    cursor = site.journal_cursor()
+    run, _ = under_load(site, lambda: site.sh("systemctl restart postgresql"), notes=True)
+    unavailable = [f for f in run.result.failures if f.startswith("POST 503")]
+    print(f"{len(unavailable)} of {run.result.total} requests answered 503 'database unavailable'")
+    # Only POSTs may fail, with the kit's JSON body; every 201 is a row.
+    assert unavailable == run.result.failures, (run.result.failures[:5], site.app_errors(since=cursor))
+    assert all(json.loads(f.split(": ", 1)[1])["detail"] == "database unavailable" for f in unavailable)
+    assert run.rows(site) == run.result.posts_ok
+    # Back without a restart of the app's own.
     assert post_note(site, "restart-pg") > 0
     assert site.get("/ready").status_code == 200
 
