@@ -250,15 +250,23 @@ def test_lb_balances_over_both_web_hosts_and_passes_on_the_client_address(cluste
     assert {record["remote_addr"] for record in log} == {CONTROLLER}
 
 
+def reach(cluster: Cluster, target: str, port: int) -> dict[str, bool]:
+    """Whether target:port accepts TCP from each web host, the other scheduler's host, the lb and
+    the controller."""
+    found = {name: port_open(cluster, name, target, port) for name in (*WEB, SCHEDULERS[1], LB, "controller")}
+    print(f"TCP to {target}:{port}: {found}")
+    return found
+
+
+# The services' clients: the web and scheduler hosts; not the lb, not the world.
+SERVICE_CLIENTS = {**dict.fromkeys((*WEB, SCHEDULERS[1]), True), LB: False, "controller": False}
+
+
 def test_redis_is_reachable_from_web_and_scheduler_hosts_only(cluster):
     redis = address(REDIS)
-    reach = {name: port_open(cluster, name, redis, 6379) for name in (*WEB, SCHEDULERS[1], LB)}
-    reach["controller"] = port_open(cluster, "controller", redis, 6379)
-    print(f"TCP to Redis at {redis}:6379: {reach}")
-    assert reach == {**dict.fromkeys((*WEB, SCHEDULERS[1]), True), LB: False, "controller": False}
+    assert reach(cluster, redis, 6379) == SERVICE_CLIENTS
     # The cache Redis serves the API only: the web hosts.
-    cache = {name: port_open(cluster, name, redis, 6380) for name in (*WEB, SCHEDULERS[1], LB)}
-    assert cache == {**dict.fromkeys(WEB, True), SCHEDULERS[1]: False, LB: False}, cache
+    assert reach(cluster, redis, 6380) == {**SERVICE_CLIENTS, SCHEDULERS[1]: False}
     assert cluster.redis_host.redis("PING") == "PONG"
     # Without the password Redis refuses a host that may connect.
     assert "NOAUTH" in cluster.ssh(WEB[0], f"printf 'PING\\r\\n' | timeout 3 bash -c 'exec 3<>/dev/tcp/{redis}/6379; "
@@ -266,11 +274,7 @@ def test_redis_is_reachable_from_web_and_scheduler_hosts_only(cluster):
 
 
 def test_postgresql_is_reachable_from_web_and_scheduler_hosts_only(cluster):
-    database = address(REDIS)
-    reach = {name: port_open(cluster, name, database, 5432) for name in (*WEB, SCHEDULERS[1], LB)}
-    reach["controller"] = port_open(cluster, "controller", database, 5432)
-    print(f"TCP to PostgreSQL at {database}:5432: {reach}")
-    assert reach == {**dict.fromkeys((*WEB, SCHEDULERS[1]), True), LB: False, "controller": False}
+    assert reach(cluster, address(REDIS), 5432) == SERVICE_CLIENTS
     with cluster.client() as client:
         ready = client.get("/ready", extensions={"sni_hostname": SERVER_NAME})
     assert ready.status_code == 200 and ready.json()["checks"]["database"]["ok"], ready.text

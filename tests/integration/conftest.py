@@ -4,6 +4,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from support import REPO, Gunicorn, base_env
@@ -26,3 +27,11 @@ def shop(tmp_path) -> Iterator[Gunicorn]:
         yield server.wait_serving()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def client(api) -> Iterator[httpx.Client]:
+    """A client of the gunicorn the module's own `api` fixture serves (every request bounded by the
+    client's timeout: a hung worker fails the test instead of stalling it)."""
+    with api.client() as http:
+        yield http

@@ -44,12 +44,6 @@ def api(redis, tmp_path_factory) -> Iterator[Gunicorn]:
         server.stop()
 
 
-@pytest.fixture
-def client(api) -> Iterator[httpx.Client]:
-    with api.client(timeout=CLIENT_TIMEOUT) as http:
-        yield http
-
-
 # ---- /health -----------------------------------------------------------------------------------
 
 

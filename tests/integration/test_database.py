@@ -50,12 +50,6 @@ def api(postgres, tmp_path_factory) -> Iterator[Gunicorn]:
 
 
 @pytest.fixture
-def client(api) -> Iterator[httpx.Client]:
-    with api.client(timeout=CLIENT_TIMEOUT) as http:
-        yield http
-
-
-@pytest.fixture
 def database_back(postgres) -> Iterator[PostgresServer]:
     """For the tests that stop the server: whatever happens, it runs again for the next test."""
     yield postgres
@@ -180,7 +174,7 @@ def test_inserts_through_a_database_restart_are_a_row_per_201_and_otherwise_503(
     stop = threading.Event()
 
     def insert_until_stopped() -> None:
-        with api.client(timeout=CLIENT_TIMEOUT) as http:
+        with api.client() as http:
             while not stop.is_set():
                 response = http.post("/notes", json={"text": "through a restart", "tag": "restart"})
                 statuses.append(response.status_code)
