@@ -3,8 +3,10 @@ project's wheel (any layout, any package name) and the kit runtime's wheel, ids 
 hosts install, one bundle per id, and clear errors for a project that is not deployable."""
 
 import json
+import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -15,11 +17,12 @@ from deploy_static import ANSIBLE_DIR, REPO
 BUILD = ANSIBLE_DIR / "roles" / "api" / "files" / "build_release.py"
 
 
-def run_build(project: Path, cache: Path, *, kit: Path | None = None, version: str = "") -> subprocess.CompletedProcess:
+def run_build(project: Path, cache: Path, *, kit: Path | None = None, version: str = "",
+              env: dict | None = None) -> subprocess.CompletedProcess:
     args = [sys.executable, BUILD, f"--project={project}", f"--version={version}", f"--cache={cache}"]
     if kit:
         args.append(f"--kit={kit}")
-    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
 
 
 def build(project: Path, cache: Path, **kwargs) -> dict:
@@ -85,8 +88,14 @@ def test_a_src_layout_project_builds_once_per_id(first, kit):
     assert bundle.parent == cache
     assert release["project_wheel"].startswith("shop_service-1.4.0-")
     assert release["runtime_wheel"].startswith("vmkit-0.9.0-")
-    assert sorted(p.name for p in bundle.iterdir()) == sorted(
-        [release["project_wheel"], release["runtime_wheel"], "gunicorn.conf.py", "requirements.lock"])
+    files = sorted([release["project_wheel"], release["runtime_wheel"], "gunicorn.conf.py", "requirements.lock"])
+    assert sorted(p.name for p in bundle.iterdir()) == sorted([*files, release["archive"]])
+    # The one archive a host is sent holds the four files, root's and readable by all.
+    with tarfile.open(bundle / release["archive"]) as tar:
+        assert sorted(tar.getnames()) == files
+        assert {(m.uid, m.mode) for m in tar.getmembers()} == {(0, 0o644)}
+        assert tar.extractfile("requirements.lock").read() == (project / "requirements.lock").read_bytes()
+    assert len(release["lock_sha256"]) == 64
     # Whatever the project's build backend packages is what the hosts install.
     shop = members(bundle / release["project_wheel"])
     assert "shop/web.py" in shop and not [n for n in shop if n.endswith(".pyc") or "stale" in n]
@@ -103,7 +112,24 @@ def test_a_src_layout_project_builds_once_per_id(first, kit):
     again = build(project, cache, kit=kit)
     assert again == {**release, "built": False}
     assert (bundle / release["project_wheel"]).read_bytes() == wheel_bytes
-    assert sorted(p.name for p in cache.iterdir()) == [bundle.name]
+    assert sorted(p.name for p in cache.iterdir()) == [bundle.name, "wheels"]
+
+
+def test_unchanged_sources_are_answered_without_building(first, kit):
+    """Where pip could build nothing that needs its backend installed (no index), the wheels built
+    before from the same sources still give their release; a changed tree is built again."""
+    project, cache, release = first
+    offline = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
+    again = build(project, cache, kit=kit, env=offline)
+    assert again == {**release, "built": False}
+    runtime = kit / "runtime" / "vmkit" / "__init__.py"
+    source = runtime.read_text()
+    runtime.write_text(source + "# changed\n")
+    try:
+        # The stand-in runtime's backend (flit_core) is not installed here: it needs the index.
+        assert "building the runtime wheel failed" in run_build(project, cache, kit=kit, env=offline).stderr
+    finally:
+        runtime.write_text(source)
 
 
 def test_a_changed_source_file_gives_a_new_id(first, project, kit, tmp_path):
