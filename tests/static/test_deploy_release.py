@@ -4,6 +4,7 @@ hosts install, one bundle per id, and clear errors for a project that is not dep
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -11,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deploy_static import ANSIBLE_DIR, REPO
 
@@ -161,3 +163,55 @@ def test_a_kit_without_its_runtime_is_refused(project, tmp_path):
     result = run_build(project, tmp_path / "cache", kit=tmp_path / "nokit")
     assert result.returncode != 0
     assert "runtime/pyproject.toml" in result.stderr and "gunicorn.conf.py" in result.stderr
+
+
+def role_script(tasks_file: str, task_name: str) -> list[str]:
+    """The `sh -euc` script of a command task of the api role and its fixed arguments."""
+    tasks = yaml.safe_load((ANSIBLE_DIR / "roles" / "api" / "tasks" / tasks_file).read_text())
+    found = [t for t in tasks if t["name"] == task_name]
+    found += [t for block in tasks for t in block.get("block", []) if t["name"] == task_name]
+    (task,) = found
+    argv = task["ansible.builtin.command"]["argv"]
+    assert argv[:2] == ["sh", "-euc"]
+    return argv[:4]
+
+
+def test_a_release_venv_is_a_linked_copy_of_the_locked_one_with_its_own_paths(first, tmp_path):
+    """release.yml's copy of the venv of the locked dependencies, run on this machine: the release
+    gets the base's files as hard links, scripts that run its own python, and the two wheels; the
+    base keeps its own paths and gains nothing. prune.yml then keeps the base while a release was
+    copied from it."""
+    _, _, release = first
+    root = tmp_path / "srv"
+    base = root / "venvs" / "0123abcd-py3"
+    # The hosts' interpreter, as release.yml creates the base venv with it.
+    subprocess.run(["/usr/bin/python3", "-m", "venv", base], check=True)
+    (base / ".complete").write_text("lock\n")
+    release_dir = root / "releases" / release["release_id"]
+    release_dir.mkdir(parents=True)
+    bundle = Path(release["bundle"])
+    copy = role_script("release.yml", "Copy the venv of the locked dependencies into the release and install "
+                                      "the project and the kit runtime")
+    subprocess.run([*copy, base, release_dir / "venv", release_dir / ".venv-base",
+                    bundle / release["project_wheel"], bundle / release["runtime_wheel"]], check=True, timeout=300)
+
+    venv = release_dir / "venv"
+    assert (venv / "bin" / "pip").read_text().splitlines()[0] == f"#!{venv}/bin/python3"
+    assert (base / "bin" / "pip").read_text().splitlines()[0] == f"#!{base}/bin/python3"
+    assert str(base) not in (venv / "pyvenv.cfg").read_text()
+    assert (release_dir / ".venv-base").read_text() == f"{base.name}\n"
+    assert not (venv / ".complete").exists() and (base / ".complete").exists()
+    linked = next((venv / "lib").glob("python3*/site-packages/pip/__init__.py"))
+    assert linked.stat().st_nlink == 2
+    imports = "import shop.web, vmkit"
+    subprocess.run([venv / "bin" / "python", "-c", imports], check=True)
+    assert subprocess.run([base / "bin" / "python", "-c", imports], capture_output=True).returncode != 0
+
+    prune = role_script("prune.yml", "Remove the venvs of locked dependencies no kept release was copied from")
+    stale = root / "venvs" / "fedcba98-py3"
+    stale.mkdir()
+    removed = subprocess.run([*prune, root / "venvs"], capture_output=True, text=True, check=True).stdout
+    assert removed.split() == [stale.name] and base.is_dir()
+    shutil.rmtree(release_dir)
+    removed = subprocess.run([*prune, root / "venvs"], capture_output=True, text=True, check=True).stdout
+    assert removed.split() == [base.name] and not base.exists()
