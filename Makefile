@@ -58,10 +58,15 @@ down:
 	$(TESTHOST) down
 
 # The deployed stack against its peers on a fresh test host (bench/run.py; 15-20 min, not a test).
-.PHONY: bench
+.PHONY: bench bench-deploy
 bench: system-deps install
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) bench/run.py
+
+# Only its provisioning rows (bench/deploy.py, a few minutes): bare host to HTTPS, site.yml again,
+# deploy.yml of a code change, a rolling deploy.yml over 2 web hosts, each with its slowest tasks.
+bench-deploy: system-deps install
+	$(PY) bench/deploy.py
 
 # The API (gunicorn on 127.0.0.1:$(PORT)), the scheduler daemon and a throw-away Redis, all in
 # the foreground; Ctrl-C stops the three cleanly.

@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/run.py [--seconds 5] [--rounds 3] [--keep]
 
-Boots a bare test host (tools/testhost, bench1 on 10.231.121.0/24), provisions it with site.yml
-(timed), then runs bench/host/measure.py on it: every server of the table on the host's loopback,
-medians of alternating rounds. Restart, reload and deploy.yml run under load. Prints a markdown
+Boots a bare test host (tools/testhost, bench1 on 10.231.121.0/24) and times the playbooks on it
+and on a second host, bench2, as `make bench-deploy` does (bench/deploy.py: the provisioning rows
+and their slowest tasks); then, bench2 gone, runs bench/host/measure.py on bench1: every server
+of the table on the host's loopback, medians of alternating rounds. Restart, reload and deploy.yml run under load. Prints a markdown
 table and writes bench/out/latest.{json,md,png}. Not a test: it asserts nothing, the ratios are
 the result (the machine is shared and noisy; absolute rates are a floor).
 """
@@ -26,7 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # The e2e suite's drivers of tools/testhost and of a host: one way to boot, reach and provision.
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "e2e")]
-from api_host import ApiHost, PlaybookRun  # noqa: E402
+from api_host import ApiHost  # noqa: E402
+from deploy import checked, log, provisioning  # noqa: E402
+from deploy import markdown as deploy_markdown  # noqa: E402
 from e2e_support import TestHosts  # noqa: E402
 
 OUT = REPO / "bench" / "out"
@@ -40,16 +43,6 @@ ROUTE_LABELS = {"health": "/health", "small_json": "GET /cache/bench (small JSON
 BENCH_VARS = {"postgres_max_connections": 300}
 # Targets of the kit on a 2-core machine (see docs/performance.md).
 TARGETS = {"a/c": 2.0, "a/b": 0.80, "b/g": 0.90, "large a/c": 4.0, "large bytes c/a": 8.0}
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def checked(run: PlaybookRun) -> PlaybookRun:
-    if run.returncode != 0:
-        sys.exit(f"bench: playbook failed\n{run}")
-    return run
 
 
 def copy_tools(host: ApiHost) -> None:
@@ -88,11 +81,9 @@ def under_load(host: ApiHost, event) -> dict:
     return {**json.loads(out.splitlines()[-1]), "event_seconds": round(seconds, 1)}
 
 
-def provision_and_measure(args, host: ApiHost) -> dict:
-    log("site.yml on the bare host")
-    first = checked(host.playbook("site.yml"))
-    again = checked(host.playbook("site.yml"))
-    version = host.health()["version"]
+def measure_host(args, host: ApiHost) -> dict:
+    # Back to the project's own version: bench/deploy.py deployed copies of it.
+    version = host.health()["version"].split("-bench")[0]
     workers = host.sh("systemctl show -p MainPID --value api | xargs -I{} cat /proc/{}/task/{}/children"
                       ).stdout.split()
     copy_tools(host)
@@ -116,12 +107,6 @@ def provision_and_measure(args, host: ApiHost) -> dict:
     }
     disruptions = {name: under_load(host, event) for name, event in events.items()}
     return {
-        "provisioning_seconds": {
-            "bare host to HTTPS (site.yml)": round(first.seconds, 1),
-            "site.yml again": round(again.seconds, 1),
-            "deploy.yml": round(deploy["run"].seconds, 1),
-        },
-        "site_yml_again_changed": sum(h.get("changed", 0) for h in again.recap.values()),
         "workers": len(workers),
         **table,
         "disruptions": disruptions,
@@ -190,10 +175,8 @@ def markdown(result: dict) -> str:
               + " | ".join(pools["rps"]) + " |", "| --- |" + " ---: |" * len(pools["rps"]),
               "| req/s | " + " | ".join(f"{rate:,}" for rate in pools["rps"].values()) + " |",
               "", f"Pool size to use (the smallest within {1 - pools['within']:.0%} of the best): **{pools['recommended']}** "
-              "per worker (api_database_pool_size).", ""]
-    lines += ["", "| provisioning | seconds |", "| --- | ---: |"]
-    lines += [f"| {name} | {value} |" for name, value in result["provisioning_seconds"].items()]
-    lines.append(f"| (site.yml again: changed={result['site_yml_again_changed']}) | |")
+              "per worker (api_database_pool_size)."]
+    lines += ["", deploy_markdown(result).rstrip("\n")]
     lines += ["", "| process | RSS MiB idle | RSS MiB under /health load |", "| --- | ---: | ---: |"]
     for name, value in result["memory_idle_mib"].items():
         lines.append(f"| {name} | {value} | {result['memory_under_load_mib'].get(name, '')} |")
@@ -242,11 +225,16 @@ def main() -> None:
     hosts.down()
     hosts.up()
     control_dir = Path(tempfile.mkdtemp(prefix="bench-ssh-"))
-    host = ApiHost.from_inventory(hosts.inventory, control_dir, extra_vars=BENCH_VARS)
+    host = None
     try:
-        result = provision_and_measure(args, host)
-    finally:
+        result, host = provisioning(hosts, control_dir, extra_vars=BENCH_VARS)
+        # The load runs on bench1 alone: bench2 would take CPU from the same cores.
+        hosts.run("down", f"{hosts.prefix}2")
         host.close()
+        result.update(measure_host(args, host))
+    finally:
+        if host:
+            host.close()
         if not args.keep:
             hosts.down()
     result.update(date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), seconds=args.seconds,

@@ -162,9 +162,9 @@ def leftovers(hosts: TestHosts, states: list[dict]) -> list[str]:
     return found
 
 
-def broken_project(source: Path) -> Path:
-    """A copy of this repository (the example app) into source whose app raises on import: a
-    release that cannot start."""
+def project_copy(source: Path, appended: str) -> Path:
+    """A copy of this repository (the example app) into source, `appended` added to its
+    app/main.py: a project whose code changed and whose lock did not."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
     for name in filter(None, files):
@@ -172,8 +172,13 @@ def broken_project(source: Path) -> Path:
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, source / name)
     with (source / "app" / "main.py").open("a") as main:
-        main.write('\nraise RuntimeError("e2e: this release cannot start")\n')
+        main.write(f"\n{appended}\n")
     return source
+
+
+def broken_project(source: Path) -> Path:
+    """A copy of the example app whose app raises on import: a release that cannot start."""
+    return project_copy(source, 'raise RuntimeError("e2e: this release cannot start")')
 
 
 @dataclass

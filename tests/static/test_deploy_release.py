@@ -3,23 +3,28 @@ project's wheel (any layout, any package name) and the kit runtime's wheel, ids 
 hosts install, one bundle per id, and clear errors for a project that is not deployable."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deploy_static import ANSIBLE_DIR, REPO
 
 BUILD = ANSIBLE_DIR / "roles" / "api" / "files" / "build_release.py"
 
 
-def run_build(project: Path, cache: Path, *, kit: Path | None = None, version: str = "") -> subprocess.CompletedProcess:
+def run_build(project: Path, cache: Path, *, kit: Path | None = None, version: str = "",
+              env: dict | None = None) -> subprocess.CompletedProcess:
     args = [sys.executable, BUILD, f"--project={project}", f"--version={version}", f"--cache={cache}"]
     if kit:
         args.append(f"--kit={kit}")
-    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
 
 
 def build(project: Path, cache: Path, **kwargs) -> dict:
@@ -85,8 +90,14 @@ def test_a_src_layout_project_builds_once_per_id(first, kit):
     assert bundle.parent == cache
     assert release["project_wheel"].startswith("shop_service-1.4.0-")
     assert release["runtime_wheel"].startswith("vmkit-0.9.0-")
-    assert sorted(p.name for p in bundle.iterdir()) == sorted(
-        [release["project_wheel"], release["runtime_wheel"], "gunicorn.conf.py", "requirements.lock"])
+    files = sorted([release["project_wheel"], release["runtime_wheel"], "gunicorn.conf.py", "requirements.lock"])
+    assert sorted(p.name for p in bundle.iterdir()) == sorted([*files, release["archive"]])
+    # The one archive a host is sent holds the four files, root's and readable by all.
+    with tarfile.open(bundle / release["archive"]) as tar:
+        assert sorted(tar.getnames()) == files
+        assert {(m.uid, m.mode) for m in tar.getmembers()} == {(0, 0o644)}
+        assert tar.extractfile("requirements.lock").read() == (project / "requirements.lock").read_bytes()
+    assert len(release["lock_sha256"]) == 64
     # Whatever the project's build backend packages is what the hosts install.
     shop = members(bundle / release["project_wheel"])
     assert "shop/web.py" in shop and not [n for n in shop if n.endswith(".pyc") or "stale" in n]
@@ -103,7 +114,24 @@ def test_a_src_layout_project_builds_once_per_id(first, kit):
     again = build(project, cache, kit=kit)
     assert again == {**release, "built": False}
     assert (bundle / release["project_wheel"]).read_bytes() == wheel_bytes
-    assert sorted(p.name for p in cache.iterdir()) == [bundle.name]
+    assert sorted(p.name for p in cache.iterdir()) == [bundle.name, "wheels"]
+
+
+def test_unchanged_sources_are_answered_without_building(first, kit):
+    """Where pip could build nothing that needs its backend installed (no index), the wheels built
+    before from the same sources still give their release; a changed tree is built again."""
+    project, cache, release = first
+    offline = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
+    again = build(project, cache, kit=kit, env=offline)
+    assert again == {**release, "built": False}
+    runtime = kit / "runtime" / "vmkit" / "__init__.py"
+    source = runtime.read_text()
+    runtime.write_text(source + "# changed\n")
+    try:
+        # The stand-in runtime's backend (flit_core) is not installed here: it needs the index.
+        assert "building the runtime wheel failed" in run_build(project, cache, kit=kit, env=offline).stderr
+    finally:
+        runtime.write_text(source)
 
 
 def test_a_changed_source_file_gives_a_new_id(first, project, kit, tmp_path):
@@ -135,3 +163,55 @@ def test_a_kit_without_its_runtime_is_refused(project, tmp_path):
     result = run_build(project, tmp_path / "cache", kit=tmp_path / "nokit")
     assert result.returncode != 0
     assert "runtime/pyproject.toml" in result.stderr and "gunicorn.conf.py" in result.stderr
+
+
+def role_script(tasks_file: str, task_name: str) -> list[str]:
+    """The `sh -euc` script of a command task of the api role and its fixed arguments."""
+    tasks = yaml.safe_load((ANSIBLE_DIR / "roles" / "api" / "tasks" / tasks_file).read_text())
+    found = [t for t in tasks if t["name"] == task_name]
+    found += [t for block in tasks for t in block.get("block", []) if t["name"] == task_name]
+    (task,) = found
+    argv = task["ansible.builtin.command"]["argv"]
+    assert argv[:2] == ["sh", "-euc"]
+    return argv[:4]
+
+
+def test_a_release_venv_is_a_linked_copy_of_the_locked_one_with_its_own_paths(first, tmp_path):
+    """release.yml's copy of the venv of the locked dependencies, run on this machine: the release
+    gets the base's files as hard links, scripts that run its own python, and the two wheels; the
+    base keeps its own paths and gains nothing. prune.yml then keeps the base while a release was
+    copied from it."""
+    _, _, release = first
+    root = tmp_path / "srv"
+    base = root / "venvs" / "0123abcd-py3"
+    # The hosts' interpreter, as release.yml creates the base venv with it.
+    subprocess.run(["/usr/bin/python3", "-m", "venv", base], check=True)
+    (base / ".complete").write_text("lock\n")
+    release_dir = root / "releases" / release["release_id"]
+    release_dir.mkdir(parents=True)
+    bundle = Path(release["bundle"])
+    copy = role_script("release.yml", "Copy the venv of the locked dependencies into the release and install "
+                                      "the project and the kit runtime")
+    subprocess.run([*copy, base, release_dir / "venv", release_dir / ".venv-base",
+                    bundle / release["project_wheel"], bundle / release["runtime_wheel"]], check=True, timeout=300)
+
+    venv = release_dir / "venv"
+    assert (venv / "bin" / "pip").read_text().splitlines()[0] == f"#!{venv}/bin/python3"
+    assert (base / "bin" / "pip").read_text().splitlines()[0] == f"#!{base}/bin/python3"
+    assert str(base) not in (venv / "pyvenv.cfg").read_text()
+    assert (release_dir / ".venv-base").read_text() == f"{base.name}\n"
+    assert not (venv / ".complete").exists() and (base / ".complete").exists()
+    linked = next((venv / "lib").glob("python3*/site-packages/pip/__init__.py"))
+    assert linked.stat().st_nlink == 2
+    imports = "import shop.web, vmkit"
+    subprocess.run([venv / "bin" / "python", "-c", imports], check=True)
+    assert subprocess.run([base / "bin" / "python", "-c", imports], capture_output=True).returncode != 0
+
+    prune = role_script("prune.yml", "Remove the venvs of locked dependencies no kept release was copied from")
+    stale = root / "venvs" / "fedcba98-py3"
+    stale.mkdir()
+    removed = subprocess.run([*prune, root / "venvs"], capture_output=True, text=True, check=True).stdout
+    assert removed.split() == [stale.name] and base.is_dir()
+    shutil.rmtree(release_dir)
+    removed = subprocess.run([*prune, root / "venvs"], capture_output=True, text=True, check=True).stdout
+    assert removed.split() == [base.name] and not base.exists()

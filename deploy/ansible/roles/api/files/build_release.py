@@ -10,7 +10,13 @@ left in (or picked up from) the working trees.
 The release id is the version plus a hash of what the hosts get: the name and bytes of every
 member of both wheels (not the zip files, which carry timestamps), the lock, gunicorn.conf.py
 and the version. A bundle is kept in the cache per id and a build whose id is cached already is
-thrown away, so deploying the same sources again copies the very same bytes (changed=0).
+thrown away, so deploying the same sources again copies the very same bytes (changed=0). The
+bundle holds the four files and release.tar, the one archive a host is sent.
+
+Building a wheel takes seconds, and most runs change no source (site.yml again) or only the
+project's (a code change): the cache also keeps each wheel under a hash of the source tree it was
+built from (every file's name and bytes, and this script), and a tree whose wheel is cached is not
+built again.
 """
 
 import argparse
@@ -20,15 +26,19 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
+import tomllib
 import zipfile
 from email.parser import HeaderParser
+from importlib import metadata
 from pathlib import Path
 
 # deploy/ansible/roles/api/files/build_release.py -> the kit's root.
 KIT = Path(__file__).resolve().parents[5]
 LOCK = "requirements.lock"
 GUNICORN_CONF = "gunicorn.conf.py"
+ARCHIVE = "release.tar"
 # Never copied into a build tree: VCS data, environments, caches and earlier build output.
 SKIP_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "__pycache__", "build", "dist", ".tox", ".nox",
              ".mypy_cache", ".pytest_cache", ".ruff_cache", "node_modules"}
@@ -73,14 +83,70 @@ def copy_tree(root: Path, dest: Path) -> None:
         shutil.copy2(root / rel, dest / rel)
 
 
+def tree_key(root: Path) -> str:
+    """A hash of what building root's wheel reads: each of its files (name and bytes), and this
+    script."""
+    digest = hashlib.sha256(hashlib.sha256(Path(__file__).read_bytes()).hexdigest().encode())
+    for rel in sorted(source_files(root)):
+        digest.update(f"{rel.as_posix()}\n".encode())
+        digest.update(hashlib.sha256((root / rel).read_bytes()).hexdigest().encode())
+    return digest.hexdigest()[:32]
+
+
+def cached_wheels(trees: dict[str, Path], cache: Path) -> dict[str, Path]:
+    """The wheel of each tree, built only where the cache has none for its sources."""
+    wanted = {name: cache / "wheels" / f"{name}-{tree_key(tree)}" for name, tree in trees.items()}
+    missing = {name: tree for name, tree in trees.items() if len(list(wanted[name].glob("*.whl"))) != 1}
+    if missing:
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
+            work = Path(tmp)
+            for name, tree in missing.items():
+                copy_tree(tree, work / "src" / name)
+            built = build_wheels({name: work / "src" / name for name in missing}, work / "wheels")
+            for name, wheel in built.items():
+                # Renamed into place whole: a concurrent build of the same sources may win.
+                staged = work / "wheels" / name
+                wanted[name].parent.mkdir(exist_ok=True)
+                shutil.rmtree(wanted[name], ignore_errors=True)
+                try:
+                    os.rename(staged, wanted[name])
+                except OSError:
+                    if len(list(wanted[name].glob("*.whl"))) != 1:
+                        raise
+    return {name: next(wanted[name].glob("*.whl")) for name in trees}
+
+
+def has_build_backend(tree: Path) -> bool:
+    """Whether this interpreter already has everything the tree's [build-system] requires: then
+    pip builds with it instead of installing the backend into an isolated environment first."""
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:
+        return False
+    requires = tomllib.loads((tree / "pyproject.toml").read_text()).get("build-system", {}).get("requires")
+    if not requires:
+        return False
+    for text in requires:
+        try:
+            requirement = Requirement(text)
+            if requirement.marker and not requirement.marker.evaluate():
+                continue
+            if not requirement.specifier.contains(metadata.version(requirement.name), prereleases=True):
+                return False
+        except (InvalidRequirement, metadata.PackageNotFoundError):
+            return False
+    return True
+
+
 def build_wheels(trees: dict[str, Path], out: Path) -> dict[str, Path]:
     """`pip wheel --no-deps` of each tree, side by side; each must give exactly one wheel."""
     procs = {}
     for name, tree in trees.items():
         (out / name).mkdir(parents=True)
+        isolation = ["--no-build-isolation"] if has_build_backend(tree) else []
         procs[name] = subprocess.Popen(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-input", "--quiet",
-             "--disable-pip-version-check", "--wheel-dir", str(out / name), str(tree)],
+             "--disable-pip-version-check", *isolation, "--wheel-dir", str(out / name), str(tree)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wheels, errors = {}, []
     for name, proc in procs.items():
@@ -116,7 +182,22 @@ def release_id(wheels: dict[str, Path], lock: bytes, gunicorn_conf: bytes, versi
 
 def complete(bundle: Path) -> bool:
     names = {p.name for p in bundle.iterdir()} if bundle.is_dir() else set()
-    return {LOCK, GUNICORN_CONF} <= names and len([n for n in names if n.endswith(".whl")]) == 2
+    return {LOCK, GUNICORN_CONF, ARCHIVE} <= names and len([n for n in names if n.endswith(".whl")]) == 2
+
+
+def write_archive(bundle: Path) -> None:
+    """release.tar of the bundle's files, root's and world-readable, with fixed times: the same
+    files give the same bytes."""
+    with tarfile.open(bundle / ARCHIVE, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(bundle.iterdir()):
+            if path.name == ARCHIVE:
+                continue
+            info = tar.gettarinfo(path, arcname=path.name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mode, info.mtime = 0o644, 0
+            with path.open("rb") as data:
+                tar.addfile(info, data)
 
 
 def main() -> None:
@@ -132,27 +213,24 @@ def main() -> None:
     project, kit, cache = args.project.resolve(), args.kit.resolve(), args.cache.resolve()
     check_inputs(project, kit)
     cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
-        work = Path(tmp)
-        copy_tree(project, work / "src" / "project")
-        copy_tree(kit / "runtime", work / "src" / "runtime")
-        wheels = build_wheels({"project": work / "src" / "project", "runtime": work / "src" / "runtime"},
-                              work / "wheels")
-        if wheels["project"].name.split("-")[0] == wheels["runtime"].name.split("-")[0]:
-            fail(f"the project's distribution has the kit runtime's name: {wheels['project'].name}")
-        lock, gunicorn_conf = (project / LOCK).read_bytes(), (kit / GUNICORN_CONF).read_bytes()
-        version = args.version or wheel_version(wheels["project"])
-        rid = release_id(wheels, lock, gunicorn_conf, version)
+    lock, gunicorn_conf = (project / LOCK).read_bytes(), (kit / GUNICORN_CONF).read_bytes()
+    wheels = cached_wheels({"project": project, "runtime": kit / "runtime"}, cache)
+    if wheels["project"].name.split("-")[0] == wheels["runtime"].name.split("-")[0]:
+        fail(f"the project's distribution has the kit runtime's name: {wheels['project'].name}")
+    version = args.version or wheel_version(wheels["project"])
+    rid = release_id(wheels, lock, gunicorn_conf, version)
 
-        bundle = cache / rid
-        built = not complete(bundle)
-        if built:
-            staged = work / "bundle"
+    bundle = cache / rid
+    built = not complete(bundle)
+    if built:
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".bundle-") as tmp:
+            staged = Path(tmp) / "bundle"
             staged.mkdir()
             for wheel in wheels.values():
                 shutil.copy2(wheel, staged / wheel.name)
             (staged / LOCK).write_bytes(lock)
             (staged / GUNICORN_CONF).write_bytes(gunicorn_conf)
+            write_archive(staged)
             # What an interrupted build left; a deploy running beside this one (another
             # inventory, same controller) may finish the same release first: then it stands.
             if bundle.exists() and not complete(bundle):
@@ -166,8 +244,9 @@ def main() -> None:
     names = {w.name for w in bundle.glob("*.whl")}
     project_wheel = next(n for n in names if n.split("-")[0] == wheels["project"].name.split("-")[0])
     runtime_wheel = next(n for n in names if n != project_wheel)
-    print(json.dumps({"release_id": rid, "version": version, "bundle": str(bundle),
-                      "project_wheel": project_wheel, "runtime_wheel": runtime_wheel, "built": built}))
+    print(json.dumps({"release_id": rid, "version": version, "bundle": str(bundle), "archive": ARCHIVE,
+                      "project_wheel": project_wheel, "runtime_wheel": runtime_wheel,
+                      "lock_sha256": hashlib.sha256(lock).hexdigest(), "built": built}))
 
 
 if __name__ == "__main__":
