@@ -42,7 +42,10 @@ ROUTE_LABELS = {"health": "/health", "small_json": "GET /cache/bench (small JSON
 # connections than the deployed services alone, which max_connections is derived from, need.
 BENCH_VARS = {"postgres_max_connections": 300}
 # Targets of the kit on a 2-core machine (see docs/performance.md).
-TARGETS = {"a/c": 2.0, "a/b": 0.80, "b/g": 0.90, "large a/c": 4.0, "large bytes c/a": 8.0}
+TARGETS = {"a/c": 2.5, "a/b": 0.75, "redis GET a/b": 0.75, "redis POST a/b": 0.75, "b/g": 0.90,
+           "large a/c": 4.0, "large bytes c/a": 8.0}
+# gunicorn worker counts of the sizing rows (the stack's /health with API_WORKERS set to each).
+SIZING_WORKERS = "1,2,4"
 
 
 def copy_tools(host: ApiHost) -> None:
@@ -94,6 +97,9 @@ def measure_host(args, host: ApiHost) -> dict:
     log("database pool sizes")
     pools = measure(host, "pools", "--server-name", host.server_name, "--seconds", str(args.seconds),
                     "--rounds", str(args.rounds))
+    log(f"sizing: the stack with {SIZING_WORKERS} workers")
+    sizing = measure(host, "sizing", "--server-name", host.server_name, "--workers", SIZING_WORKERS,
+                     "--seconds", str(args.seconds), "--rounds", str(args.rounds))
     log("streams: time to first event, idle streams held")
     streams = measure(host, "streams", "--server-name", host.server_name, "--workers", str(len(workers)),
                       "--connections", str(args.streams))
@@ -112,6 +118,7 @@ def measure_host(args, host: ApiHost) -> dict:
         "disruptions": disruptions,
         "streams": streams,
         "pools": pools,
+        "sizing": sizing,
         "memory_idle_mib": idle,
     }
 
@@ -129,12 +136,20 @@ def ratios(result: dict) -> dict[str, float]:
         return cell(result, server, route)["rps"]
 
     found = {f"a/{other}": rps("a") / rps(other) for other in ("c", "b", "e1", "e2", "f")}
+    for name, route in (("redis GET", "small_json"), ("redis POST", "post")):
+        found[f"{name} a/b"] = rps("a", route) / rps("b", route)
     found["b/g"] = rps("b") / rps("g")
     found["db a/b"] = rps("a", "db_read") / rps("b", "db_read")
     found["large a/c"] = rps("a", "large_500kb_gzip") / rps("c", "large_500kb")
     found["large bytes c/a"] = (cell(result, "c", "large_500kb")["bytes_per_request"]
                                 / cell(result, "a", "large_500kb_gzip")["bytes_per_request"])
     return {name: round(value, 2) for name, value in found.items()}
+
+
+def rates_table(title: str, label: str, rates: dict[str, int]) -> list[str]:
+    """One markdown row of rates under a header row of what each was measured with."""
+    return [f"| {title} | " + " | ".join(rates) + " |", "| --- |" + " ---: |" * len(rates),
+            f"| {label} | " + " | ".join(f"{rate:,}" for rate in rates.values()) + " |"]
 
 
 def markdown(result: dict) -> str:
@@ -171,11 +186,12 @@ def markdown(result: dict) -> str:
     if idle["first_failure"]:
         lines.append(f"| first stream refused | {idle['first_failure']} | |")
     pools = result["pools"]
-    lines += ["", "| DATABASE_POOL_SIZE (GET /notes/count, gunicorn direct) | "
-              + " | ".join(pools["rps"]) + " |", "| --- |" + " ---: |" * len(pools["rps"]),
-              "| req/s | " + " | ".join(f"{rate:,}" for rate in pools["rps"].values()) + " |",
+    lines += ["", *rates_table("DATABASE_POOL_SIZE (GET /notes/count, gunicorn direct)", "req/s", pools["rps"]),
               "", f"Pool size to use (the smallest within {1 - pools['within']:.0%} of the best): **{pools['recommended']}** "
               "per worker (api_database_pool_size)."]
+    sizing = result["sizing"]
+    lines += ["", *rates_table(f"gunicorn workers (API_WORKERS; {sizing['nginx_workers']} nginx worker(s))",
+                               "(a) /health req/s", sizing["rps"])]
     lines += ["", deploy_markdown(result).rstrip("\n")]
     lines += ["", "| process | RSS MiB idle | RSS MiB under /health load |", "| --- | ---: | ---: |"]
     for name, value in result["memory_idle_mib"].items():

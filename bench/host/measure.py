@@ -6,6 +6,7 @@ python3 and nothing else from the kit. bench/run.py copies this directory to the
   measure.py memory                         RSS of the stack's processes, idle
   measure.py streams --connections N        SSE: time to first event, idle streams held
   measure.py pools --sizes 1,2,4,8          the database route per pool size: the size to use
+  measure.py sizing --workers 1,2,4         the deployed stack per gunicorn worker count
 
 Every server is measured on this host, on loopback, with the deployed release's own venv and
 settings (/etc/api/api.env): the kit's stack through nginx differs from its peers only in what
@@ -55,9 +56,12 @@ POOL_WITHIN = 0.95
 GZIP = {"Accept-Encoding": "gzip"}
 
 
+API_ENV = Path("/etc/api/api.env")
+
+
 def api_env() -> dict[str, str]:
     env = {}
-    for line in Path("/etc/api/api.env").read_text().splitlines():
+    for line in API_ENV.read_text().splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
             name, _, value = line.partition("=")
             env[name.strip()] = shlex.split(value)[0] if value.strip() else ""
@@ -105,7 +109,7 @@ def kit_server(key: str, label: str, app: str, **extra_env: str) -> Server:
     port = free_port()
     command = [str(VENV_BIN / "gunicorn"), "--config", str(RELEASE / "gunicorn.conf.py")]
     return Server(key, label, f"http://127.0.0.1:{port}", command,
-                  {**server_env(), "ASGI_APP": app, "API_BIND": f"127.0.0.1:{port}", "API_MAX_REQUESTS": "0",
+                  {**server_env(), "ASGI_APP": app, "API_BIND": f"127.0.0.1:{port}",
                    "PYTHONPATH": str(HERE), **extra_env})
 
 
@@ -377,6 +381,48 @@ def pools(args) -> dict:
             "recommended": min(size for size, rate in rps.items() if rate >= POOL_WITHIN * best)}
 
 
+# ------------------------------------------------------------------ the stack's own settings
+
+
+def with_settings(deployed_env: str, settings: dict[str, str]) -> str:
+    """The deployed api.env text with `settings` in place of its own lines for them."""
+    lines = [line for line in deployed_env.splitlines() if line.partition("=")[0].strip() not in settings]
+    return "\n".join([*lines, *(f'{name}="{value}"' for name, value in settings.items())]) + "\n"
+
+
+def restart_api(env_text: str, server_name: str) -> None:
+    """api restarted on this api.env, and answering through nginx."""
+    API_ENV.write_text(env_text)
+    subprocess.run(["systemctl", "restart", "api"], check=True)
+    wait_ready(Server("a", "kit stack", f"https://{server_name}"))
+
+
+def stack_variants(args, variants: dict[str, dict[str, str]]) -> dict[str, float]:
+    """/health through the deployed stack (a) once per api.env variant, in alternating rounds:
+    the median req/s of each. api.env is put back and api restarted on it afterwards."""
+    prepare(args.server_name)
+    method, path, headers = ROUTES["health"]
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    deployed_env = API_ENV.read_text()
+    try:
+        for round_number in range(args.rounds):
+            for name in variants if round_number % 2 == 0 else reversed(variants):
+                restart_api(with_settings(deployed_env, variants[name]), args.server_name)
+                rates[name].append(wrk(f"https://{args.server_name}{path}", method, headers, args.seconds)["rps"])
+                print(f"round {round_number + 1} {name:>12} {rates[name][-1]:9.0f} req/s", file=sys.stderr, flush=True)
+    finally:
+        restart_api(deployed_env, args.server_name)
+    return {name: round(statistics.median(runs)) for name, runs in rates.items()}
+
+
+def sizing(args) -> dict:
+    """The stack's /health per gunicorn worker count (API_WORKERS), nginx as deployed."""
+    counts = args.workers.split(",")
+    nginx_workers = subprocess.run(["pgrep", "-f", "nginx: worker"], capture_output=True, text=True).stdout
+    return {"rps": stack_variants(args, {count: {"API_WORKERS": count} for count in counts}),
+            "nginx_workers": len(nginx_workers.split())}
+
+
 # ------------------------------------------------------------------ streams
 
 STREAM_PATH = "/counters/bench-stream/events"
@@ -501,11 +547,18 @@ def main() -> None:
     p_pools.add_argument("--sizes", default="1,2,4,8,16")
     p_pools.add_argument("--seconds", type=float, default=5)
     p_pools.add_argument("--rounds", type=int, default=3)
+    p_sizing = sub.add_parser("sizing")
+    p_sizing.add_argument("--server-name", required=True)
+    p_sizing.add_argument("--workers", default="1,2,4")
+    p_sizing.add_argument("--seconds", type=float, default=5)
+    p_sizing.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.command == "peers":
         result = peers(args)
     elif args.command == "pools":
         result = pools(args)
+    elif args.command == "sizing":
+        result = sizing(args)
     elif args.command == "streams":
         result = streams(args)
     elif args.command == "load":

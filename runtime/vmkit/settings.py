@@ -152,10 +152,10 @@ class Settings(BaseSettings):
         "timer yet (above API_KEEPALIVE, below API_GRACEFUL_TIMEOUT)",
     )
     api_max_requests: int = Field(
-        default=10000, ge=0, description="requests after which a worker is recycled (0: never)"
+        default=100000, ge=0, description="requests after which a worker is recycled (0: never)"
     )
     api_max_requests_jitter: int = Field(
-        default=1000, ge=0, description="random extra requests so workers do not recycle together"
+        default=10000, ge=0, description="random extra requests so workers do not recycle together"
     )
     api_forwarded_allow_ips: str = Field(
         default="127.0.0.1", description="peers whose X-Forwarded-* headers are trusted"

@@ -35,6 +35,8 @@ def test_lb_site_is_valid_and_balances_over_the_web_hosts_private_addresses(lb):
     assert set(directives(site, "proxy_pass")) == {"https://api_backend"}
     assert directives(site, "proxy_ssl_verify") == ["on"]
     assert directives(site, "proxy_ssl_name") == [SERVER_NAME]
+    # Nothing else runs on an lb: nginx takes every core.
+    assert directives(lb.text("nginx/nginx.conf"), "worker_processes") == ["auto"]
 
 
 def test_lb_retries_only_what_a_web_host_cannot_have_run(lb):

@@ -101,6 +101,12 @@ def test_tls_policy_is_mozilla_intermediate(rendered):
     assert directives(main, "server_tokens") == ["off"]
 
 
+def test_a_web_host_gives_nginx_half_its_cores_and_the_workers_the_rest(rendered, tmp_path):
+    # No facts in this render: 2 vCPUs, as api_workers assumes then too.
+    assert directives(rendered.text("nginx/nginx.conf"), "worker_processes") == ["1"]
+    assert directives(render(tmp_path, nginx_worker_processes=3).text("nginx/nginx.conf"), "worker_processes") == ["3"]
+
+
 def test_newer_nginx_and_openssl_get_http2_on_and_the_hybrid_group(tmp_path):
     # As `nginx -V` prints it when nginx runs with another OpenSSL than it was built with.
     newer = ("nginx version: nginx/1.27.4\nbuilt with OpenSSL 3.0.13 30 Jan 2024 "
