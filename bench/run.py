@@ -43,7 +43,7 @@ ROUTE_LABELS = {"health": "/health", "small_json": "GET /cache/bench (small JSON
 BENCH_VARS = {"postgres_max_connections": 300}
 # Targets of the kit on a 2-core machine (see docs/performance.md).
 TARGETS = {"a/c": 2.5, "a/b": 0.75, "redis GET a/b": 0.75, "redis POST a/b": 0.75, "b/g": 0.90,
-           "large a/c": 4.0, "large bytes c/a": 8.0}
+           "metrics on/off": 0.95, "large a/c": 4.0, "large bytes c/a": 8.0}
 # gunicorn worker counts of the sizing rows (the stack's /health with API_WORKERS set to each).
 SIZING_WORKERS = "1,2,4"
 
@@ -100,6 +100,9 @@ def measure_host(args, host: ApiHost) -> dict:
     log(f"sizing: the stack with {SIZING_WORKERS} workers")
     sizing = measure(host, "sizing", "--server-name", host.server_name, "--workers", SIZING_WORKERS,
                      "--seconds", str(args.seconds), "--rounds", str(args.rounds))
+    log("the stack with its metrics on and off")
+    metrics = measure(host, "metrics", "--server-name", host.server_name,
+                      "--seconds", str(args.seconds), "--rounds", str(args.rounds))
     log("streams: time to first event, idle streams held")
     streams = measure(host, "streams", "--server-name", host.server_name, "--workers", str(len(workers)),
                       "--connections", str(args.streams))
@@ -119,6 +122,7 @@ def measure_host(args, host: ApiHost) -> dict:
         "streams": streams,
         "pools": pools,
         "sizing": sizing,
+        "metrics": metrics,
         "memory_idle_mib": idle,
     }
 
@@ -139,6 +143,7 @@ def ratios(result: dict) -> dict[str, float]:
     for name, route in (("redis GET", "small_json"), ("redis POST", "post")):
         found[f"{name} a/b"] = rps("a", route) / rps("b", route)
     found["b/g"] = rps("b") / rps("g")
+    found["metrics on/off"] = result["metrics"]["rps"]["on"] / result["metrics"]["rps"]["off"]
     found["db a/b"] = rps("a", "db_read") / rps("b", "db_read")
     found["large a/c"] = rps("a", "large_500kb_gzip") / rps("c", "large_500kb")
     found["large bytes c/a"] = (cell(result, "c", "large_500kb")["bytes_per_request"]
@@ -192,6 +197,7 @@ def markdown(result: dict) -> str:
     sizing = result["sizing"]
     lines += ["", *rates_table(f"gunicorn workers (API_WORKERS; {sizing['nginx_workers']} nginx worker(s))",
                                "(a) /health req/s", sizing["rps"])]
+    lines += ["", *rates_table("Prometheus metrics of the workers", "(a) /health req/s", result["metrics"]["rps"])]
     lines += ["", deploy_markdown(result).rstrip("\n")]
     lines += ["", "| process | RSS MiB idle | RSS MiB under /health load |", "| --- | ---: | ---: |"]
     for name, value in result["memory_idle_mib"].items():

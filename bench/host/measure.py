@@ -7,6 +7,7 @@ python3 and nothing else from the kit. bench/run.py copies this directory to the
   measure.py streams --connections N        SSE: time to first event, idle streams held
   measure.py pools --sizes 1,2,4,8          the database route per pool size: the size to use
   measure.py sizing --workers 1,2,4         the deployed stack per gunicorn worker count
+  measure.py metrics                        the deployed stack with its Prometheus metrics on and off
 
 Every server is measured on this host, on loopback, with the deployed release's own venv and
 settings (/etc/api/api.env): the kit's stack through nginx differs from its peers only in what
@@ -423,6 +424,12 @@ def sizing(args) -> dict:
             "nginx_workers": len(nginx_workers.split())}
 
 
+def metrics(args) -> dict:
+    """The stack's /health with the workers' Prometheus metrics as deployed and switched off
+    (API_METRICS_BIND empty: no listener, no middleware)."""
+    return {"rps": stack_variants(args, {"on": {}, "off": {"API_METRICS_BIND": ""}})}
+
+
 # ------------------------------------------------------------------ streams
 
 STREAM_PATH = "/counters/bench-stream/events"
@@ -552,6 +559,10 @@ def main() -> None:
     p_sizing.add_argument("--workers", default="1,2,4")
     p_sizing.add_argument("--seconds", type=float, default=5)
     p_sizing.add_argument("--rounds", type=int, default=3)
+    p_metrics = sub.add_parser("metrics")
+    p_metrics.add_argument("--server-name", required=True)
+    p_metrics.add_argument("--seconds", type=float, default=5)
+    p_metrics.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.command == "peers":
         result = peers(args)
@@ -559,6 +570,8 @@ def main() -> None:
         result = pools(args)
     elif args.command == "sizing":
         result = sizing(args)
+    elif args.command == "metrics":
+        result = metrics(args)
     elif args.command == "streams":
         result = streams(args)
     elif args.command == "load":
