@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from vmkit.logs import configure_logging
 from vmkit.redis import create_redis
-from vmkit.scheduler import jobs
+from vmkit.scheduler import jobs, metrics
 from vmkit.scheduler import state as schedule_state
 from vmkit.scheduler.lease import Lease
 from vmkit.settings import Settings, get_settings
@@ -156,6 +156,8 @@ class Runner:
             )
             return
 
+        metrics.JOB_RUNS.labels(job.id).inc()
+        metrics.JOB_LATENESS.labels(job.id).observe(lateness)
         clock = time.monotonic()
         context = jobs.JobContext(self.redis, self.settings, job.id, scheduled, leader, fence)
         outcome = "error"
@@ -172,6 +174,10 @@ class Runner:
             )
         finally:
             duration = time.monotonic() - clock
+            if outcome == "ok":
+                metrics.JOB_LAST_SUCCESS.labels(job.id).set_to_current_time()
+            else:
+                metrics.JOB_FAILURES.labels(job.id).inc()
             record.update(outcome=outcome, finished=schedule_state.iso(datetime.now(UTC)))
             log.log(
                 logging.INFO if outcome == "ok" else logging.WARNING,
@@ -254,6 +260,8 @@ async def serve(settings: Settings, declared: list[jobs.Job]) -> None:
     redis = create_redis(settings)
     lease = Lease(redis, settings, f"{socket.gethostname()}:{os.getpid()}")
     runner = Runner(redis, settings, lease, declared)
+    if settings.scheduler_metrics_bind:
+        metrics.serve(settings.scheduler_metrics_bind, lease, list(runner.jobs))
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
