@@ -10,7 +10,6 @@ gunicorn executes this file again on every HUP: it must stay free of state (see 
 import os
 import sys
 
-from prometheus_client.multiprocess import mark_process_dead
 from vmkit import metrics_listener, worker_ids
 from vmkit.settings import get_settings
 
@@ -93,13 +92,13 @@ def child_exit(server, worker):
         "worker exited", extra={"released_worker_id": worker.worker_id, "worker_pid": worker.pid}
     )
     if _settings.api_metrics_bind:
-        # Its live gauges (in progress, worker info) go; its counts stay in the sums. Also after a
+        # Marked dead (prometheus_client's mark_process_dead) and its counts kept, also after a
         # HUP, which replaces every worker without running on_starting again.
-        mark_process_dead(worker.pid)
+        metrics_listener.worker_exited(worker.pid)
 
 
-# The master's hooks run once per master (a HUP re-reads this file but keeps the master, its
-# listener thread included).
+# These two run once per master: a HUP re-reads this file but keeps the master and its listener
+# thread, so a changed API_METRICS_BIND or PROMETHEUS_MULTIPROC_DIR takes a restart.
 
 
 def on_starting(server):

@@ -10,14 +10,19 @@ it on every restart, and N workers cannot share one port and each answer for all
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("vmkit.metrics")
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The file types of the API's counts (request durations); gauges live and die with their worker.
+FOLDED_KINDS = ("counter", "histogram")
 
 
 def split_bind(bind: str) -> tuple[str, int]:
@@ -58,8 +63,58 @@ def reset_multiproc_dir(directory: Path) -> None:
         stale.unlink()
 
 
+class WorkerFiles(Collector):
+    """The sum over the workers' files, for the gunicorn master.
+
+    A worker that exits (max_requests recycling replaces one every few thousand requests) leaves
+    a 64 KB file per metric type in a tmpfs, which every scrape would read again: its counts are
+    folded into one archive file per type instead, and its file is removed. A lock keeps a scrape
+    from seeing a count both in the archive and in the file it came from."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._files = MultiProcessCollector(None, path=str(directory))
+        self._lock = threading.Lock()
+
+    def collect(self):
+        with self._lock:
+            return self._files.collect()
+
+    def retire(self, pid: int) -> None:
+        with self._lock:
+            # Its live gauges (in progress, worker info) go; its counts stay, in the archive.
+            mark_process_dead(pid, str(self.directory))
+            for kind in FOLDED_KINDS:
+                dead = self.directory / f"{kind}_{pid}.db"
+                if dead.exists():
+                    _fold(dead, self.directory / f"{kind}_archive.db")
+                    dead.unlink()
+
+
+def _fold(source: Path, archive: Path) -> None:
+    """Adds every value of `source` to the same key of `archive` (buckets are stored per bucket,
+    not cumulated, so adding is right for histograms too)."""
+    totals = MmapedDict(str(archive))
+    try:
+        for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(source)):
+            total, _ = totals.read_value(key)
+            totals.write_value(key, total + value, timestamp)
+    finally:
+        totals.close()
+
+
+_workers: WorkerFiles | None = None
+
+
 def serve_workers(bind: str, directory: Path) -> None:
-    """In the gunicorn master: the sum over every worker's files, live or dead, on each scrape."""
+    """In the gunicorn master, once: the workers' metrics on `bind`."""
+    global _workers
+    _workers = WorkerFiles(directory)
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(directory))
+    registry.register(_workers)
     serve(bind, registry)
+
+
+def worker_exited(pid: int) -> None:
+    """In the gunicorn master, for every worker it reaps (also those a HUP replaced)."""
+    _workers.retire(pid)

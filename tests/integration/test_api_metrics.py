@@ -2,10 +2,21 @@
 API_METRICS_BIND, kept across a HUP, and never on the public port."""
 
 import signal
+import subprocess
 
 import httpx
 
-from support import Gunicorn, free_port, samples_of, scrape, wait_until
+from support import (
+    EXAMPLE_APP,
+    REPO,
+    VENV_BIN,
+    Gunicorn,
+    base_env,
+    free_port,
+    samples_of,
+    scrape,
+    wait_until,
+)
 
 COUNT = "api_request_duration_seconds_count"
 
@@ -87,6 +98,10 @@ def test_counts_by_route_template_and_status_served_by_the_master_and_kept_acros
             samples = wait_until(replaced, 30, "the new workers alone on the metrics listener")
             assert sorted(live_workers(samples).values()) == ["0", "1"]
             assert requests_by(samples, "/cache/{key}") == {"200": 2, "404": 1}
+            # No file of an exited worker is left: its counts went into one archive per type.
+            assert not {path.name for path in directory.iterdir()
+                        if any(path.name.endswith(f"_{pid}.db") for pid in old)}
+            assert (directory / "histogram_archive.db").exists()
             assert client.get("/cache/present").status_code == 200
             assert requests_by(scrape(metrics_port), "/cache/{key}")["200"] == 3
         assert server.stop() == 0
@@ -105,3 +120,12 @@ def test_without_api_metrics_bind_no_metrics_and_no_directory(tmp_path, redis_se
         assert not directory.exists()
     finally:
         server.stop()
+
+
+def test_api_metrics_bind_without_a_directory_stops_gunicorn_saying_so():
+    env = base_env(ASGI_APP=EXAMPLE_APP, API_BIND=f"127.0.0.1:{free_port()}",
+                   API_METRICS_BIND=f"127.0.0.1:{free_port()}")
+    result = subprocess.run([str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "API_METRICS_BIND is set but PROMETHEUS_MULTIPROC_DIR is not" in result.stderr
