@@ -5,8 +5,8 @@ is set). The values go to files in PROMETHEUS_MULTIPROC_DIR, which the gunicorn 
 Imported only where metrics are on: importing it creates the in-progress gauge's file.
 
 Per request: one histogram observation and the in-progress gauge up and down, with the labelled
-child of the histogram looked up in a dict (prometheus_client's `.labels()` costs several times
-more than the observation itself).
+child of the histogram looked up in a dict (prometheus_client's `.labels()` checks and locks on
+every call, which costs about as much as the observation itself).
 
 Labels stay bounded whatever clients send: `route` is the template of the route that handled the
 request (`/notes/{note_id}`), never the raw path, and UNMATCHED where no route did: a 404 of the
