@@ -1,8 +1,10 @@
 """The API's metrics with real gunicorn: what the workers count, served by the master on
 API_METRICS_BIND, kept across a HUP, and never on the public port."""
 
+import os
 import signal
 import subprocess
+from pathlib import Path
 
 import httpx
 
@@ -31,6 +33,23 @@ def live_workers(samples) -> dict[int, str]:
     """pid -> WORKER_ID of each worker the master reports live."""
     return {int(dict(labels)["pid"]): dict(labels)["worker_id"]
             for labels, value in samples_of(samples, "api_worker_info").items() if value == 1}
+
+
+def holders_of_listener(port: int) -> set[int]:
+    """pids holding the socket that listens on 127.0.0.1:port, from /proc."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            inodes.add(f"socket:[{fields[9]}]")
+    holders = set()
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) in inodes:
+                holders.add(int(fd.parts[2]))
+        except OSError:
+            continue  # a process or descriptor that went away meanwhile
+    return holders
 
 
 def in_progress(samples) -> float:
@@ -67,6 +86,8 @@ def test_counts_by_route_template_and_status_served_by_the_master_and_kept_acros
 
             samples = wait_until(both_workers, 30, "both workers' ids on the metrics listener")
             assert set(live_workers(samples)) == server.worker_pids()
+            # The master alone holds the listener: the workers closed their copy at the fork.
+            assert holders_of_listener(metrics_port) == {server.pid}
             assert requests_by(samples, "/cache/{key}") == {"200": 2, "404": 1}
             assert requests_by(samples, "/cache/{key}", "PUT") == {"200": 1}
             assert requests_by(samples, "<unmatched>") == {"404": 2}

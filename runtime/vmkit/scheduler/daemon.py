@@ -6,6 +6,9 @@ run first claims its (job, scheduled time) in Redis, fenced by the lease (state.
 any number of processes on any number of hosts produce one run per scheduled time, also across a
 leader handover.
 
+Its metrics (runs, failures, lateness, leadership: vmkit.scheduler.metrics) are served on
+SCHEDULER_METRICS_BIND where that is set.
+
 SIGTERM/SIGINT: no new runs, running ones get SCHEDULER_DRAIN_TIMEOUT to finish, the lease is
 released (if still ours) so a standby takes over at once, exit 0. Redis outages are retried
 with backoff for as long as they last.
