@@ -66,7 +66,7 @@ def reset_multiproc_dir(directory: Path) -> None:
 class WorkerFiles(Collector):
     """The sum over the workers' files, for the gunicorn master.
 
-    A worker that exits (max_requests recycling replaces one every few thousand requests) leaves
+    A worker that exits (max_requests recycling, a HUP, a crash) leaves
     a 64 KB file per metric type in a tmpfs, which every scrape would read again: its counts are
     folded into one archive file per type instead, and its file is removed. A lock keeps a scrape
     from seeing a count both in the archive and in the file it came from."""
