@@ -97,6 +97,13 @@ def child_exit(server, worker):
         metrics_listener.worker_exited(worker.pid)
 
 
+def worker_exit(server, worker):
+    # In the worker, before the master folds its files (child_exit): its last second of counts.
+    request_metrics = sys.modules.get("vmkit.request_metrics")
+    if request_metrics:
+        request_metrics.flush()
+
+
 # These two run once per master: a HUP re-reads this file but keeps the master and its listener
 # thread, so a changed API_METRICS_BIND or PROMETHEUS_MULTIPROC_DIR takes a restart.
 

@@ -4,9 +4,10 @@ import asyncio
 
 import pytest
 from fastapi import APIRouter, FastAPI
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
-from vmkit.request_metrics import UNMATCHED, RequestMetrics, route_template
+from vmkit import request_metrics
+from vmkit.request_metrics import BUCKETS, UNMATCHED, RequestMetrics, Tally, route_template
 
 router = APIRouter()
 
@@ -50,6 +51,7 @@ def call(method: str, path: str) -> tuple[int | None, dict]:
 
 
 def count(route: str, method: str, status: str) -> float:
+    request_metrics.flush()  # each call() ran a loop of its own, gone before its flush was due
     labels = {"route": route, "method": method, "status": status}
     return REGISTRY.get_sample_value("api_request_duration_seconds_count", labels) or 0
 
@@ -86,7 +88,31 @@ def test_an_app_that_raises_before_answering_counts_as_500_and_leaves_nothing_in
     before = count("/shop/{shop_id}/orders/{order_id}/stream", "GET", "500")
     call("GET", "/shop/1/orders/1/stream")
     assert count("/shop/{shop_id}/orders/{order_id}/stream", "GET", "500") == before + 1
+    request_metrics.flush()
     assert REGISTRY.get_sample_value("api_requests_in_progress") == 0
+
+
+def test_a_flushed_tally_reads_as_the_same_observations_made_one_by_one():
+    # On a bound, just above one, in the last bucket, above every bucket.
+    durations = [0.0, 0.005, 0.0051, 0.3, 0.3, 7.5, 10.0, 42.0]
+    reference = Histogram("reference_seconds", "observe() one by one", ["route", "method", "status"],
+                          buckets=BUCKETS, registry=CollectorRegistry())
+    tally = Tally()
+
+    async def count_all():
+        for seconds in durations:
+            reference.labels("/t", "GET", "200").observe(seconds)
+            tally.add(("/t", "GET", 200), seconds)
+
+    asyncio.run(count_all())
+    tally.flush()
+    expected = [(sample.name.removeprefix("reference_seconds"), sample.labels, sample.value)
+                for sample in reference.collect()[0].samples if not sample.name.endswith("_created")]
+    assert len(expected) == len(BUCKETS) + 3  # the buckets, +Inf, _count and _sum
+    for suffix, labels, value in expected:
+        assert REGISTRY.get_sample_value("api_request_duration_seconds" + suffix, labels) == pytest.approx(value), \
+            (suffix, labels)
+
 
 
 def test_lifespan_passes_untouched():
