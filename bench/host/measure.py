@@ -394,7 +394,10 @@ def with_settings(deployed_env: str, settings: dict[str, str]) -> str:
 def restart_api(env_text: str, server_name: str) -> None:
     """api restarted on this api.env, and answering through nginx."""
     API_ENV.write_text(env_text)
-    subprocess.run(["systemctl", "restart", "api"], check=True)
+    # Not checked: on the nspawn test hosts a start right after a stop now and then fails setting
+    # up its cgroup (status 219/CGROUP) and Restart=on-failure starts it a second later; a variant
+    # that cannot start at all fails wait_ready.
+    subprocess.run(["systemctl", "restart", "api"], check=False)
     wait_ready(Server("a", "kit stack", f"https://{server_name}"))
 
 
