@@ -80,19 +80,21 @@ def test_counts_by_route_template_and_status_served_by_the_master_and_kept_acros
             assert client.get("/metrics").status_code == 404
             assert client.post("/counters/c", content=b"x" * 2048).status_code == 413
 
-            def both_workers():
+            def both_workers_and_every_request():
+                # Workers write their counts at most a second after a request (FLUSH_SECONDS).
                 samples = scrape(metrics_port)
-                return samples if sorted(live_workers(samples).values()) == ["0", "1"] else None
+                # BodyLimit's 413 is unmatched: it answers from the Content-Length, before routing.
+                every = (requests_by(samples, "/cache/{key}") == {"200": 2, "404": 1}
+                         and requests_by(samples, "<unmatched>", "POST") == {"413": 1})
+                return samples if every and sorted(live_workers(samples).values()) == ["0", "1"] else None
 
-            samples = wait_until(both_workers, 30, "both workers' ids on the metrics listener")
+            samples = wait_until(both_workers_and_every_request, 30,
+                                 "both workers' ids and every request on the metrics listener")
             assert set(live_workers(samples)) == server.worker_pids()
             # The master alone holds the listener: the workers closed their copy at the fork.
             assert holders_of_listener(metrics_port) == {server.pid}
-            assert requests_by(samples, "/cache/{key}") == {"200": 2, "404": 1}
             assert requests_by(samples, "/cache/{key}", "PUT") == {"200": 1}
             assert requests_by(samples, "<unmatched>") == {"404": 2}
-            # BodyLimit answers from the Content-Length, before any route is chosen.
-            assert requests_by(samples, "<unmatched>", "POST") == {"413": 1}
             assert all("/cache/present" not in dict(labels)["route"]
                        for labels in samples_of(samples, COUNT))
             assert in_progress(samples) == 0
@@ -102,7 +104,8 @@ def test_counts_by_route_template_and_status_served_by_the_master_and_kept_acros
                 assert stream.status_code == 200
                 lines = stream.iter_lines()  # kept: a dropped iterator closes the stream
                 assert next(lines).startswith("retry:")
-                assert in_progress(scrape(metrics_port)) == 1
+                wait_until(lambda: in_progress(scrape(metrics_port)) == 1, 10,
+                           "the stream in the in-progress gauge")
             wait_until(lambda: in_progress(scrape(metrics_port)) == 0, 10,
                        "the stream to end in the in-progress gauge")
 
@@ -124,7 +127,8 @@ def test_counts_by_route_template_and_status_served_by_the_master_and_kept_acros
                         if any(path.name.endswith(f"_{pid}.db") for pid in old)}
             assert (directory / "histogram_archive.db").exists()
             assert client.get("/cache/present").status_code == 200
-            assert requests_by(scrape(metrics_port), "/cache/{key}")["200"] == 3
+            wait_until(lambda: requests_by(scrape(metrics_port), "/cache/{key}")["200"] == 3, 10,
+                       "a new worker's request counted beside the old ones'")
         assert server.stop() == 0
         assert scrape(metrics_port) == {}
     finally:
