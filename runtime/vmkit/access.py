@@ -12,8 +12,9 @@ import logging
 import re
 import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from vmkit.asgi import HttpMiddleware, ResponseWatch
 from vmkit.logs import current_request_id
 
 log = logging.getLogger("vmkit.access")
@@ -29,16 +30,10 @@ def request_id(scope: Scope) -> str | None:
     return None
 
 
-class RequestContext:
+class RequestContext(HttpMiddleware):
     """Every line logged while a request is served carries its id (vmkit.logs)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = current_request_id.set(request_id(scope))
         try:
             await self.app(scope, receive, send)
@@ -46,33 +41,16 @@ class RequestContext:
             current_request_id.reset(token)
 
 
-class AccessLog:
+class AccessLog(HttpMiddleware):
     """Logs method, path (never the query string, which may carry tokens), status, response bytes
     and duration (and, inside RequestContext, the request id); never other headers or bodies. A
     request that raises is logged as 500 and re-raised for the server's error handling."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        status = 500
-        sent_bytes = 0
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status, sent_bytes
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                sent_bytes += len(message.get("body", b""))
-            await send(message)
-
+        response = ResponseWatch(send)
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive, response)
         finally:
             client = scope.get("client")
             log.info(
@@ -80,8 +58,8 @@ class AccessLog:
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
-                    "status": status,
-                    "bytes": sent_bytes,
+                    "status": response.status,
+                    "bytes": response.body_bytes,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                     "client": client[0] if client else None,
                 },

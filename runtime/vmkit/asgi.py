@@ -1,8 +1,49 @@
-"""Small pieces of raw ASGI the kit's middleware share: reading a whole request body, handing it
-on to the app as if unread, and answering with a short JSON body."""
+"""Small pieces of raw ASGI the kit's middleware share: the HTTP-only middleware shape, watching
+the response go out, reading a whole request body, handing it on to the app as if unread, and
+answering with a short JSON body."""
+
+import time
 
 import orjson
-from starlette.types import Message, Receive, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class HttpMiddleware:
+    """Pure ASGI middleware (no BaseHTTPMiddleware, no task per request) for HTTP requests alone:
+    lifespan and WebSocket scopes go to the app untouched, HTTP requests to `http`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class ResponseWatch:
+    """A `send` that notes what goes through it: the status (500 until a response starts, what the
+    server answers for an app that raised), when the headers left, and the body's bytes."""
+
+    __slots__ = ("send", "status", "answered", "body_bytes")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 500
+        self.answered = 0.0
+        self.body_bytes = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.answered = time.perf_counter()
+        elif message["type"] == "http.response.body":
+            self.body_bytes += len(message.get("body", b""))
+        await self.send(message)
 
 
 class BodyTooLarge(Exception):

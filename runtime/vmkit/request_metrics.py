@@ -28,8 +28,9 @@ import time
 from bisect import bisect_left
 
 from prometheus_client import Gauge, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from vmkit.asgi import HttpMiddleware, ResponseWatch
 from vmkit.worker_ids import ENV_VAR as WORKER_ID_ENV
 
 UNMATCHED = "<unmatched>"
@@ -117,39 +118,21 @@ def flush() -> None:
     _tally.flush()
 
 
-class RequestMetrics:
-    """Pure ASGI (no BaseHTTPMiddleware, no task per request). Lifespan and WebSocket scopes pass
-    untouched. A request whose app raises before answering counts as a 500, as the server will
-    answer it."""
+class RequestMetrics(HttpMiddleware):
+    """A request whose app raises before answering counts as a 500, as the server will answer it."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        answered = 0.0
-        status = 500
-
-        async def send_and_time(message: Message) -> None:
-            nonlocal answered, status
-            if message["type"] == "http.response.start":
-                answered = time.perf_counter()
-                status = message["status"]
-            await send(message)
-
+        response = ResponseWatch(send)
         _tally.in_progress += 1
         _tally.changed()
         try:
-            await self.app(scope, receive, send_and_time)
+            await self.app(scope, receive, response)
         finally:
             _tally.in_progress -= 1
             method = scope["method"]
-            _tally.add((route_template(scope), method if method in METHODS else OTHER, status),
-                       (answered or time.perf_counter()) - started)
+            _tally.add((route_template(scope), method if method in METHODS else OTHER, response.status),
+                       (response.answered or time.perf_counter()) - started)
 
 
 def instrument(app: ASGIApp) -> RequestMetrics:

@@ -9,7 +9,9 @@ response the app wants passed on as it is written (a long JSON stream, say) sets
 Unbuffered, nginx flushes each chunk through gzip too.
 """
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from vmkit.asgi import HttpMiddleware
 
 STREAMING_TYPES = frozenset({b"text/event-stream", b"application/x-ndjson"})
 HEADER = b"x-accel-buffering"
@@ -28,15 +30,8 @@ def is_stream(headers) -> bool:
     return media_type in STREAMING_TYPES
 
 
-class Unbuffered:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
+class Unbuffered(HttpMiddleware):
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_unbuffered(message: Message) -> None:
             if message["type"] == "http.response.start" and is_stream(message.get("headers", ())):
                 message = {**message, "headers": [*message["headers"], (HEADER, b"no")]}
