@@ -152,3 +152,17 @@ def test_a_bad_webhook_url_stops_the_play_in_its_checks_naming_the_variable(tmp_
         assert result.returncode != 0 and stopped_in_checks(tasks), output
         assert "monitoring_webhook_url must be the http:// or https:// URL" in output
         assert "monitoring_retention_time" in output
+
+
+def test_a_valid_monitoring_inventory_passes_the_checks(tmp_path):
+    """The defaults and a good webhook pass: the play gets past its checks (to the closed port)."""
+    inventory = tmp_path / "inventory"
+    inventory.write_text(
+        "[api]\nh1 ansible_host=127.0.0.1 ansible_port=1 ansible_user=deploy nginx_server_name=h1.static.test\n"
+        f"[scheduler]\nh1\n[redis]\nh1\n[monitoring]\nh1\n[all:vars]\napi_project_dir={REPO}\n"
+        f"monitoring_webhook_url={WEBHOOK_URL}\n")
+    result = subprocess.run([VENV_BIN / "ansible-playbook", "-i", inventory, "site.yml"],
+                            cwd=REPO / "deploy" / "ansible", capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert re.search(r"TASK \[shared : Validate the inventory\].*?\nok: \[h1\]", output, re.S), output
+    assert "UNREACHABLE" in output
