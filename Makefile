@@ -70,7 +70,8 @@ bench-deploy: system-deps install
 	$(PY) bench/deploy.py
 
 # The API (gunicorn on 127.0.0.1:$(PORT)), the scheduler daemon and a throw-away Redis, all in
-# the foreground; Ctrl-C stops the three cleanly.
+# the foreground; Ctrl-C stops the three cleanly. Metrics are off unless API_METRICS_BIND (or
+# SCHEDULER_METRICS_BIND) is in the environment, e.g. `make run API_METRICS_BIND=127.0.0.1:9180`.
 run: system-deps install
 	$(PY) scripts/run_local.py --port $(PORT)
 

@@ -10,7 +10,7 @@ gunicorn executes this file again on every HUP: it must stay free of state (see 
 import os
 import sys
 
-from vmkit import worker_ids
+from vmkit import metrics_listener, worker_ids
 from vmkit.settings import get_settings
 
 _settings = get_settings()
@@ -18,6 +18,11 @@ _settings = get_settings()
 if not _settings.asgi_app:
     sys.exit("ASGI_APP is not set: name the app to serve as module:attribute, e.g. shop.web:api")
 wsgi_app = _settings.asgi_app
+# Metrics: the workers write them to files in PROMETHEUS_MULTIPROC_DIR (systemd's RuntimeDirectory
+# on the hosts), the master serves their sum on API_METRICS_BIND (vmkit.metrics_listener).
+if _settings.api_metrics_bind and not metrics_listener.multiproc_dir():
+    sys.exit("API_METRICS_BIND is set but PROMETHEUS_MULTIPROC_DIR is not: name the directory "
+             "where the workers write their metrics, e.g. /run/api-gunicorn/metrics")
 # uvicorn-worker's UvicornWorker, plus the kit's JSON access line for every app.
 worker_class = "vmkit.worker.Worker"
 
@@ -86,6 +91,24 @@ def child_exit(server, worker):
     server.log.info(
         "worker exited", extra={"released_worker_id": worker.worker_id, "worker_pid": worker.pid}
     )
+    if _settings.api_metrics_bind:
+        # Marked dead (prometheus_client's mark_process_dead) and its counts kept, also after a
+        # HUP, which replaces every worker without running on_starting again.
+        metrics_listener.worker_exited(worker.pid)
+
+
+# These two run once per master: a HUP re-reads this file but keeps the master and its listener
+# thread, so a changed API_METRICS_BIND or PROMETHEUS_MULTIPROC_DIR takes a restart.
+
+
+def on_starting(server):
+    if _settings.api_metrics_bind:
+        metrics_listener.reset_multiproc_dir(metrics_listener.multiproc_dir())
+
+
+def when_ready(server):
+    if _settings.api_metrics_bind:
+        metrics_listener.serve_workers(_settings.api_metrics_bind, metrics_listener.multiproc_dir())
 
 
 def on_reload(server):

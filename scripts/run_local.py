@@ -61,6 +61,9 @@ def main() -> int:
         API_CONTROL_SOCKET="",
         PATH=f"{bin_dir}:{env.get('PATH', '/usr/bin:/bin')}",
     )
+    if env.get("API_METRICS_BIND"):
+        # gunicorn.conf.py asks for the workers' metrics directory; here it goes with the rest.
+        env.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(data_dir, "metrics"))
     commands = [
         ("redis", [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
                    "--dir", data_dir, "--save", "", "--appendonly", "no"]),

@@ -19,6 +19,7 @@ from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -58,6 +59,24 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset], float]:
+    """The samples a metrics listener on 127.0.0.1:port serves now, keyed by name and labels;
+    an empty dict while nothing answers there."""
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    except httpx.TransportError:
+        return {}
+    response.raise_for_status()
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples}
+
+
+def samples_of(samples: dict[tuple[str, frozenset], float], name: str) -> dict[frozenset, float]:
+    """The labels and values of one metric's samples."""
+    return {labels: value for (sample, labels), value in samples.items() if sample == name}
 
 
 def base_env(**overrides: str) -> dict[str, str]:

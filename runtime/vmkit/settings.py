@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # `module:attribute`, as gunicorn, uvicorn and the scheduler import it.
 IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
 URL_PATH = r"^/[A-Za-z0-9/_.~-]*$"
+# `host:port` of a metrics listener (an IPv6 address in brackets), or empty for none.
+BIND_ADDRESS = r"^((\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5})?$"
 
 
 class Settings(BaseSettings):
@@ -59,6 +61,12 @@ class Settings(BaseSettings):
         default=True,
         description="one JSON line per request from the app (the playbooks turn it off: nginx's "
         "access log has the same record, for less CPU)",
+    )
+    api_metrics_bind: str = Field(
+        default="",
+        pattern=BIND_ADDRESS,
+        description="`host:port` of the private listener where the gunicorn master serves every "
+        "worker's metrics (PROMETHEUS_MULTIPROC_DIR must name their directory); empty: no metrics",
     )
 
     # Redis
@@ -117,6 +125,11 @@ class Settings(BaseSettings):
     )
     scheduler_drain_timeout: float = Field(
         default=20, ge=0, description="seconds running jobs may take to finish on stop"
+    )
+    scheduler_metrics_bind: str = Field(
+        default="",
+        pattern=BIND_ADDRESS,
+        description="`host:port` of the scheduler daemon's own metrics listener; empty: no metrics",
     )
     ready_heartbeat_max_age: float = Field(
         default=30, gt=0, description="seconds after which the readiness probe calls the heartbeat stale"

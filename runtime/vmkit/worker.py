@@ -7,6 +7,8 @@ without writing it:
 - 413 for bodies over API_MAX_BODY_BYTES (vmkit.body_limit), a 4xx instead of a 500 for hostile
   JSON (vmkit.bad_input);
 - streams (SSE, NDJSON) that nginx passes on as they are written (vmkit.streams);
+- request metrics by route template and status, and the worker's id, where API_METRICS_BIND is
+  set (vmkit.request_metrics; the master serves them, see gunicorn.conf.py);
 - a record of the uvicorn Config it runs, so the probes report the parser in use (vmkit.loop_and_parser).
 """
 
@@ -43,6 +45,12 @@ class Worker(UvicornWorker):
         if settings.redis_url:
             app = Idempotency(app)
         app = BodyLimit(app, settings.api_max_body_bytes)
+        if settings.api_metrics_bind:
+            # Imported only here: the module writes to PROMETHEUS_MULTIPROC_DIR as it loads.
+            from vmkit import request_metrics
+
+            # Outside BodyLimit and Idempotency, so their answers are counted too.
+            app = request_metrics.instrument(app)
         if settings.api_access_log:
             app = AccessLog(app)
         self.wsgi = RequestContext(app)

@@ -149,6 +149,7 @@ def _refused(port: int) -> bool:
         ("API_ENV", "staging"),
         ("ASGI_APP", "app/main.py"),
         ("LOG_LEVEL", "verbose"),
+        ("API_METRICS_BIND", "9180"),
         ("REDIS_URL", "http://user:pw-canary-123@cache.example.test/0"),
     ],
 )

@@ -16,7 +16,15 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 import redis
-from support import Process, RedisServer, scheduler_process, wait_until
+from support import (
+    Process,
+    RedisServer,
+    free_port,
+    samples_of,
+    scheduler_process,
+    scrape,
+    wait_until,
+)
 
 from vmkit.redis import create_redis
 from vmkit.scheduler import state as schedule_state
@@ -145,6 +153,41 @@ def test_one_run_per_scheduled_time_across_processes(spawn, redis_instance, coun
     assert [daemon.pid for daemon in daemons if events(daemon, "job_run")] == [holder]
     heartbeat = orjson.loads(client.get("api:scheduler:heartbeat"))
     assert heartbeat["leader"].endswith(f":{holder}")
+
+
+def test_metrics_show_job_runs_and_which_daemon_leads(spawn, redis_instance, tmp_path):
+    client = client_of(redis_instance)
+    ports = [free_port(), free_port()]
+    # A PROMETHEUS_MULTIPROC_DIR shared with the API must not put the daemon in multiprocess mode.
+    shared = tmp_path / "api-metrics"
+    shared.mkdir()
+    daemons = [spawn(1, scheduler_metrics_bind=f"127.0.0.1:{port}",
+                     prometheus_multiproc_dir=str(shared))[0] for port in ports]
+    wait_until(lambda: len(ticks(client)) >= 2, 20, "two example runs")
+    holder = leader_pid(client)
+    by_pid = {daemon.pid: port for daemon, port in zip(daemons, ports)}
+
+    def leader_counted_two_runs():
+        samples = scrape(by_pid[holder])
+        runs = samples.get(("scheduler_job_runs_total", frozenset({("job", "example")})), 0)
+        return samples if runs >= 2 else None
+
+    samples = wait_until(leader_counted_two_runs, 10, "the leader's metrics to count two runs")
+    example = frozenset({("job", "example")})
+    assert samples[("scheduler_is_leader", frozenset())] == 1
+    [(labels, value)] = samples_of(samples, "scheduler_lease_holder_info").items()
+    assert dict(labels)["holder"] == leader(client)["id"] and value == 1
+    assert samples[("scheduler_job_failures_total", example)] == 0
+    assert samples[("scheduler_job_lateness_seconds_count", example)] >= 2
+    assert time.time() - samples[("scheduler_job_last_success_timestamp_seconds", example)] < 10
+
+    [standby] = [pid for pid in by_pid if pid != holder]
+    samples = scrape(by_pid[standby])
+    assert samples[("scheduler_is_leader", frozenset())] == 0
+    assert samples_of(samples, "scheduler_lease_holder_info") == {}
+    assert samples[("scheduler_job_runs_total", example)] == 0
+    assert list(shared.iterdir()) == []
+    stop_all(daemons, redis_instance)
 
 
 def test_killed_leader_is_replaced_within_the_ttl_without_rerunning(spawn, redis_instance):

@@ -6,6 +6,9 @@ run first claims its (job, scheduled time) in Redis, fenced by the lease (state.
 any number of processes on any number of hosts produce one run per scheduled time, also across a
 leader handover.
 
+Its metrics (runs, failures, lateness, leadership: vmkit.scheduler.metrics) are served on
+SCHEDULER_METRICS_BIND where that is set.
+
 SIGTERM/SIGINT: no new runs, running ones get SCHEDULER_DRAIN_TIMEOUT to finish, the lease is
 released (if still ours) so a standby takes over at once, exit 0. Redis outages are retried
 with backoff for as long as they last.
@@ -29,7 +32,7 @@ from redis.exceptions import RedisError
 
 from vmkit.logs import configure_logging
 from vmkit.redis import create_redis
-from vmkit.scheduler import jobs
+from vmkit.scheduler import jobs, metrics
 from vmkit.scheduler import state as schedule_state
 from vmkit.scheduler.lease import Lease
 from vmkit.settings import Settings, get_settings
@@ -156,6 +159,8 @@ class Runner:
             )
             return
 
+        metrics.JOB_RUNS.labels(job.id).inc()
+        metrics.JOB_LATENESS.labels(job.id).observe(lateness)
         clock = time.monotonic()
         context = jobs.JobContext(self.redis, self.settings, job.id, scheduled, leader, fence)
         outcome = "error"
@@ -172,6 +177,10 @@ class Runner:
             )
         finally:
             duration = time.monotonic() - clock
+            if outcome == "ok":
+                metrics.JOB_LAST_SUCCESS.labels(job.id).set_to_current_time()
+            else:
+                metrics.JOB_FAILURES.labels(job.id).inc()
             record.update(outcome=outcome, finished=schedule_state.iso(datetime.now(UTC)))
             log.log(
                 logging.INFO if outcome == "ok" else logging.WARNING,
@@ -254,6 +263,8 @@ async def serve(settings: Settings, declared: list[jobs.Job]) -> None:
     redis = create_redis(settings)
     lease = Lease(redis, settings, f"{socket.gethostname()}:{os.getpid()}")
     runner = Runner(redis, settings, lease, declared)
+    if settings.scheduler_metrics_bind:
+        metrics.serve(settings.scheduler_metrics_bind, lease, list(runner.jobs))
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
