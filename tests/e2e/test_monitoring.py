@@ -1,5 +1,5 @@
 """The monitoring group on two hosts, provisioned once for the module by site.yml: a web host mon1
-(api, scheduler, Redis) and a monitoring host mon2 (Prometheus, Alertmanager, the blackbox
+(api, scheduler, Redis, PostgreSQL with its backups) and a monitoring host mon2 (Prometheus, Alertmanager, the blackbox
 exporter), with short scrape, evaluation and alert intervals. The test process runs the webhook
 receiver Alertmanager notifies.
 
@@ -40,8 +40,9 @@ RECEIVER_ADDRESS = f"10.231.{NET + 1}.1"
 SCRAPE, EVALUATION, DOWN_FOR, GROUP_WAIT, GROUP_INTERVAL = 2, 2, 10, 2, 4
 # Scrape and evaluation happen in their own time; delivery over the controller's links.
 SLACK = 6
-# The exporter and metrics ports of the web host: node, nginx, the data and cache Redis, api, scheduler.
-WEB_PORTS = {"node": 9100, "nginx": 9113, "redis data": 9121, "redis cache": 9122, "api": 9180, "scheduler": 9181}
+# The exporter and metrics ports of the web host: node, nginx, the data and cache Redis, PostgreSQL, api, scheduler.
+WEB_PORTS = {"node": 9100, "nginx": 9113, "redis data": 9121, "redis cache": 9122, "postgres": 9187,
+             "api": 9180, "scheduler": 9181}
 # The monitoring host's own listeners, loopback only: Prometheus, Alertmanager, the blackbox exporter.
 MONITOR_PORTS = {"prometheus": 9090, "alertmanager": 9093, "blackbox": 9115}
 
@@ -130,6 +131,7 @@ def write_inventory(hosts: TestHosts, webhook_url: str) -> Path:
             "api": {"hosts": {WEB: None}},
             "scheduler": {"hosts": {WEB: None}},
             "redis": {"hosts": {WEB: None}},
+            "postgres": {"hosts": {WEB: None}},
             "monitoring": {"hosts": {MONITOR: None}},
         },
     }}
@@ -194,7 +196,7 @@ def test_a_second_site_run_changes_nothing(deployment):
 
 def test_the_monitoring_host_shows_every_target_up(deployment):
     expected = {("prometheus", MONITOR), ("alertmanager", MONITOR), ("node", WEB), ("node", MONITOR),
-                ("nginx", WEB), ("api", WEB), ("scheduler", WEB), ("redis", WEB), ("site_health", WEB)}
+                ("nginx", WEB), ("api", WEB), ("scheduler", WEB), ("redis", WEB), ("postgres", WEB), ("site_health", WEB)}
 
     def all_up() -> list[dict] | None:
         targets = deployment.targets()
@@ -213,6 +215,16 @@ def test_the_monitoring_host_shows_every_target_up(deployment):
     assert [float(r["value"][1]) for r in result] == [256 * 1024 * 1024]
     probe = deployment.prometheus("/api/v1/query?query=probe_ssl_earliest_cert_expiry")["result"]
     assert probe and float(probe[0]["value"][1]) > time.time() + 300 * 86400
+    # PostgreSQL's exporter logs in (peer, pg_monitor), and the first full backup site.yml took
+    # recorded its success for node-exporter's textfile collector, which BackupTooOld reads.
+    assert [r["value"][1] for r in deployment.prometheus("/api/v1/query?query=pg_up")["result"]] == ["1"]
+    backups = deployment.prometheus("/api/v1/query?query=backup_last_success_timestamp_seconds")["result"]
+    assert [(b["metric"]["kind"], b["metric"]["type"]) for b in backups] == [("pgbackrest", "full")]
+    assert time.time() - 3600 < float(backups[0]["value"][1]) <= time.time()
+    # And no alert fires on the healthy deployment.
+    firing = [(a["labels"]["alertname"], a["labels"].get("instance")) for a in deployment.prometheus("/api/v1/alerts")["alerts"]
+              if a["state"] == "firing"]
+    assert firing == []
 
 
 def port_answers_from_controller(host: str, port: int) -> bool:
