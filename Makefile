@@ -3,8 +3,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
-# Debian packages the controller needs for the tests and the local test hosts.
-APT_PACKAGES := python3-venv redis-server postgresql nginx-light openssl curl debootstrap systemd-container nftables zstd openssh-client iproute2 pebble
+# Debian packages the controller needs for the tests and the local test hosts (prometheus and
+# prometheus-alertmanager for promtool and amtool, which check the alert rules and their tests).
+APT_PACKAGES := python3-venv redis-server postgresql nginx-light openssl curl debootstrap systemd-container nftables zstd openssh-client iproute2 pebble prometheus prometheus-alertmanager
 
 .PHONY: install system-deps lock run test
 

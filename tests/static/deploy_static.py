@@ -23,6 +23,8 @@ REDIS_PASSWORD = "static-check-password-0123"
 REDIS_SCHEDULER_PASSWORD = "static-check-scheduler-4567"
 REDIS_ADMIN_PASSWORD = "static-check-admin-8901"
 POSTGRES_PASSWORD = "static-check-postgres-2345"
+REDIS_MONITORING_PASSWORD = "static-check-monitoring-6789"
+WEBHOOK_URL = "http://10.0.0.99:9999/alerts"
 
 
 def tool(name: str) -> str:
@@ -63,7 +65,8 @@ def render(root: Path, groups: tuple[str, ...] = ("api", "scheduler", "redis"),
     ({"web1": ("api",)}, at 10.0.0.11, 10.0.0.12, ... in that order; localhost is 10.0.0.5);
     overrides are extra vars."""
     nginx_dir = root / "nginx"
-    for sub in ("units", "postgres", "nginx/sites-enabled", "nginx/conf.d", "nginx/modules-enabled", "log"):
+    for sub in ("units", "postgres", "nginx/sites-enabled", "nginx/conf.d", "nginx/modules-enabled", "log",
+                "default", "monitoring"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     variables = {
         "nginx_conf_dir": str(nginx_dir),
@@ -75,6 +78,8 @@ def render(root: Path, groups: tuple[str, ...] = ("api", "scheduler", "redis"),
         "redis_scheduler_password": REDIS_SCHEDULER_PASSWORD,
         "redis_admin_password": REDIS_ADMIN_PASSWORD,
         "postgres_password": POSTGRES_PASSWORD,
+        "redis_monitoring_password": REDIS_MONITORING_PASSWORD,
+        "monitoring_webhook_url": WEBHOOK_URL,
         # The host's memory and vCPUs, which the postgres role reads from its facts.
         "postgres_memory_mb": 2048,
         "postgres_vcpus": 2,

@@ -16,7 +16,7 @@ from vmkit.settings import Settings
 REFERENCE = REPO / "docs" / "configuration.md"
 ROLES_DIR = REPO / "deploy" / "ansible" / "roles"
 # The order a reader meets them: the facts every role shares first, then the hosts' tiers.
-ROLES = ("shared", "base", "redis", "postgres", "api", "nginx")
+ROLES = ("shared", "base", "redis", "postgres", "api", "nginx", "exporters", "monitoring")
 
 
 def default_of(field) -> str:

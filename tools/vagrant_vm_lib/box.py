@@ -34,7 +34,10 @@ def role_packages() -> list[str]:
             walk(task.get("block"), defaults)
             names = (task.get("ansible.builtin.apt") or {}).get("name", [])
             if isinstance(names, str) and names.startswith("{{"):
-                names = defaults[names.strip("{} ")]
+                # Not in the defaults: derived from the inventory's groups (the exporters and the
+                # monitoring stack), which the play installs where its groups want them, so that
+                # the box does not run them on every VM.
+                names = defaults.get(names.strip("{} "), [])
             found.extend([names] if isinstance(names, str) else names)
 
     for role in sorted(roles.iterdir()):
