@@ -428,9 +428,11 @@ def sizing(args) -> dict:
 
 
 def metrics(args) -> dict:
-    """The stack's /health with the workers' Prometheus metrics as deployed and switched off
-    (API_METRICS_BIND empty: no listener, no middleware)."""
-    return {"rps": stack_variants(args, {"on": {}, "off": {"API_METRICS_BIND": ""}})}
+    """The stack's /health with the workers' Prometheus metrics on, as api.service sets them where
+    api_metrics is on (its runtime directory, a private listener), and off (the bench host has no
+    monitoring group, so off is as deployed)."""
+    on = {"API_METRICS_BIND": f"127.0.0.1:{free_port()}", "PROMETHEUS_MULTIPROC_DIR": "/run/api-gunicorn/metrics"}
+    return {"rps": stack_variants(args, {"on": on, "off": {}})}
 
 
 # ------------------------------------------------------------------ streams
