@@ -72,6 +72,18 @@ class TestHosts:
         """Where site.yml's self-signed mode keeps the CA for these hosts."""
         return self.dir / "ca.pem"
 
+    def inventory_vars(self) -> dict:
+        """What an inventory of these hosts sets for all of them: how to reach them over SSH, and
+        the kit's example app as the project."""
+        return {
+            "ansible_user": "deploy",
+            "ansible_ssh_private_key_file": str(self.dir / "id_ed25519"),
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.dir / 'known_hosts'} "
+                                       "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
+            "api_project_dir": str(REPO),
+        }
+
 
 @contextmanager
 def bare_host(prefix: str, net: int) -> Iterator[dict]:

@@ -100,13 +100,8 @@ def write_inventory(hosts: TestHosts) -> Path:
     inventory = {"all": {
         "hosts": {name: {"ansible_host": address(name)} for name in names},
         "vars": {
-            "ansible_user": "deploy",
-            "ansible_ssh_private_key_file": str(hosts.dir / "id_ed25519"),
-            "ansible_python_interpreter": "/usr/bin/python3",
-            "ansible_ssh_common_args": f"-o UserKnownHostsFile={hosts.dir / 'known_hosts'} "
-                                       "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
+            **hosts.inventory_vars(),
             "nginx_server_name": SERVER_NAME,
-            "api_project_dir": str(REPO),
             "api_release_hooks": ["python -m app.migrate"],
         },
         "children": {
